@@ -1,0 +1,28 @@
+// The shape of one CLI command: yargs wiring plus a run function that calls services and returns an exit code.
+import type { Argv } from 'yargs';
+import type { Config, OptionName } from '../config.js';
+import type { Logger } from '../logger.js';
+
+export interface CommandContext {
+  readonly config: Config;
+  readonly log: Logger;
+  /** Writes a line for the user on stdout. */
+  readonly out: (line: string) => void;
+  /** Resolves when the process is asked to stop (SIGINT or SIGTERM). */
+  readonly stopped: Promise<NodeJS.Signals>;
+}
+
+export interface Command {
+  readonly command: string | readonly string[];
+  readonly describe: string;
+  /** Shared options (from the config table) this command accepts. */
+  readonly options: readonly OptionName[];
+  readonly builder?: (y: Argv) => Argv;
+  /** Subcommands, for command groups such as `tenants`. */
+  readonly subcommands?: readonly Command[];
+  readonly run?: (args: Record<string, unknown>, ctx: CommandContext) => Promise<number>;
+}
+
+export const EXIT_OK = 0;
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
