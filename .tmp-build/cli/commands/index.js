@@ -1,0 +1,4 @@
+import { demoCommand } from './demo.js';
+import { proxyCommand } from './proxy.js';
+export const commands = [demoCommand, proxyCommand];
+//# sourceMappingURL=index.js.map

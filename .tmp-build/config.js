@@ -1,0 +1,133 @@
+// One schema for every option: flags, PGTENANT_* environment and --config file; validated once, then frozen.
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+/** The option table: yargs flags, env names and file keys are all derived from it. */
+export const OPTIONS = {
+    upstream: { kind: 'string', describe: 'Upstream PostgreSQL URL, the management identity (fallback: DATABASE_URL)' },
+    listen: { kind: 'string', default: '127.0.0.1:6432', describe: 'Address the proxy listens on (host:port)' },
+    adminListen: { kind: 'string', default: '127.0.0.1:6480', describe: "Admin API address (host:port), or 'off'" },
+    adminToken: { kind: 'string', describe: 'Bearer token for the admin API' },
+    isolation: { kind: 'string', default: 'role', choices: ['role', 'schema'], describe: 'Tenant isolation mode' },
+    poolMode: { kind: 'string', default: 'session', choices: ['session', 'transaction'], describe: 'Pool mode' },
+    tlsCert: { kind: 'string', describe: 'PEM certificate for client TLS' },
+    tlsKey: { kind: 'string', describe: 'PEM private key for client TLS' },
+    clientTls: { kind: 'string', default: 'allow', choices: ['disable', 'allow', 'require'], describe: 'Client TLS policy' },
+    connectTimeout: { kind: 'number', default: 5000, describe: 'Milliseconds to wait for an upstream connection' },
+    shutdownTimeout: { kind: 'number', default: 30000, describe: 'Milliseconds sessions get to finish on SIGTERM' },
+    tenantCacheTtl: { kind: 'number', default: 60000, describe: 'Milliseconds a tenant lookup is cached (NOTIFY drops it sooner)' },
+    migrationsDir: { kind: 'string', default: 'migrations', describe: 'Folder with tenant/ and shared/ migration files' },
+    logLevel: { kind: 'string', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], describe: 'Log level' },
+};
+/** A bad option value: the CLI turns it into exit code 2. */
+export class ConfigError extends Error {
+    name = 'ConfigError';
+}
+export function envName(option) {
+    return 'PGTENANT_' + option.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase();
+}
+export function flagName(option) {
+    return option.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+}
+export function parseHostPort(value, what) {
+    const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value.trim());
+    const port = m ? Number(m[3]) : NaN;
+    if (!m || port > 65535)
+        throw new ConfigError(`${what}: expected host:port, got '${value}'`);
+    return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
+}
+export function readConfigFile(path) {
+    let text;
+    try {
+        text = readFileSync(path, 'utf8');
+    }
+    catch (err) {
+        throw new ConfigError(`--config: cannot read ${path}: ${err.message}`);
+    }
+    let data;
+    try {
+        data = /\.json$/i.test(path) ? JSON.parse(text) : parseYaml(text);
+    }
+    catch (err) {
+        throw new ConfigError(`--config: ${path} is not valid JSON or YAML: ${err.message}`);
+    }
+    if (data === null || typeof data !== 'object' || Array.isArray(data)) {
+        throw new ConfigError(`--config: ${path} must hold an object of options`);
+    }
+    return data;
+}
+function coerce(name, raw, source) {
+    const spec = OPTIONS[name];
+    let value;
+    if (spec.kind === 'number') {
+        value = typeof raw === 'number' ? raw : Number(String(raw).trim());
+        if (!Number.isFinite(value) || value < 0)
+            throw new ConfigError(`${source}: expected a non-negative number, got '${String(raw)}'`);
+    }
+    else if (spec.kind === 'boolean') {
+        value = raw === true || raw === 'true' || raw === '1';
+    }
+    else {
+        if (typeof raw !== 'string' && typeof raw !== 'number')
+            throw new ConfigError(`${source}: expected a string`);
+        value = String(raw);
+    }
+    if (spec.choices && !spec.choices.includes(String(value))) {
+        throw new ConfigError(`${source}: expected one of ${spec.choices.join(', ')}, got '${String(value)}'`);
+    }
+    return value;
+}
+/** Merges defaults < file < environment < flags, validates, and freezes. */
+export function resolveConfig(sources) {
+    const env = sources.env ?? {};
+    const file = sources.file ?? {};
+    for (const key of Object.keys(file)) {
+        if (!(key in OPTIONS) && key !== 'config')
+            throw new ConfigError(`--config: unknown option '${key}'`);
+    }
+    const merged = {};
+    for (const name of Object.keys(OPTIONS)) {
+        const spec = OPTIONS[name];
+        const flag = sources.flags?.[name];
+        const fromEnv = env[envName(name)];
+        if (flag !== undefined)
+            merged[name] = coerce(name, flag, `--${flagName(name)}`);
+        else if (fromEnv !== undefined && fromEnv !== '')
+            merged[name] = coerce(name, fromEnv, envName(name));
+        else if (file[name] !== undefined)
+            merged[name] = coerce(name, file[name], `--config ${name}`);
+        else if (spec.default !== undefined)
+            merged[name] = spec.default;
+    }
+    const upstream = merged.upstream ?? (env.DATABASE_URL || undefined);
+    const adminListen = String(merged.adminListen);
+    const config = {
+        upstream,
+        listen: parseHostPort(String(merged.listen), '--listen'),
+        adminListen: adminListen === 'off' ? null : parseHostPort(adminListen, '--admin-listen'),
+        adminToken: merged.adminToken,
+        isolation: merged.isolation,
+        poolMode: merged.poolMode,
+        tlsCert: merged.tlsCert,
+        tlsKey: merged.tlsKey,
+        clientTls: merged.clientTls,
+        connectTimeout: merged.connectTimeout,
+        shutdownTimeout: merged.shutdownTimeout,
+        tenantCacheTtl: merged.tenantCacheTtl,
+        migrationsDir: merged.migrationsDir,
+        logLevel: merged.logLevel,
+    };
+    if (Boolean(config.tlsCert) !== Boolean(config.tlsKey)) {
+        throw new ConfigError('--tls-cert and --tls-key go together');
+    }
+    if (config.clientTls === 'require' && !config.tlsCert) {
+        throw new ConfigError('--client-tls require needs --tls-cert and --tls-key');
+    }
+    return Object.freeze(config);
+}
+/** The upstream URL, or a ConfigError naming the ways to give it. */
+export function requireUpstream(config) {
+    if (!config.upstream)
+        throw new ConfigError('no upstream: pass --upstream URL, or set PGTENANT_UPSTREAM or DATABASE_URL');
+    return config.upstream;
+}
+//# sourceMappingURL=config.js.map

@@ -1,0 +1,26 @@
+// The pgtenant proxy as a child process in session mode, with the admin API off and quiet logs.
+import { join } from 'node:path';
+import { freePort, startChild, stopChild, waitForPort } from './processes.mjs';
+
+/** Starts `pgtenant proxy`; on failure the error carries the proxy's own stderr. */
+export async function startProxy(repoRoot, upstreamUrl) {
+  const port = await freePort();
+  const args = [
+    join(repoRoot, 'bin', 'pgtenant.js'),
+    'proxy',
+    '--upstream', upstreamUrl,
+    '--listen', `127.0.0.1:${port}`,
+    '--admin-listen', 'off',
+    '--pool-mode', 'session',
+    '--log-level', 'warn',
+  ];
+  const child = startChild(process.execPath, args, { cwd: repoRoot });
+  try {
+    await waitForPort(port, child);
+  } catch (err) {
+    await stopChild(child);
+    const detail = child.output.text.trim().split('\n').slice(-15).join('\n');
+    throw new Error(`pgtenant proxy ${err.message}${detail ? `; its output:\n${detail}` : ' (no output)'}`);
+  }
+  return { port, child };
+}

@@ -1,0 +1,153 @@
+// `npm run bench`: pgbench select-only through direct PostgreSQL, PgBouncer (session) and pgtenant, side by side.
+import { randomBytes } from 'node:crypto';
+import { cpus, loadavg } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { findExecutable, initTables, runSelectOnly } from './lib/pgbench.mjs';
+import { ensurePgbouncer, pgbouncerVersion, startPgbouncer } from './lib/pgbouncer.mjs';
+import { startProxy } from './lib/pgtenant.mjs';
+import { cleanup, installExitHandlers, runCommand } from './lib/processes.mjs';
+import { formatTable, ratio, writeJson } from './lib/report.mjs';
+import { createTenant, describeUrl, startServer } from './lib/server.mjs';
+
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const TENANT = 'bench';
+const SCALE = 10;
+const TARGETS = ['direct', 'pgbouncer', 'pgtenant'];
+const WORKLOADS = [
+  { mode: 'simple', clients: 1, threads: 1 },
+  { mode: 'simple', clients: 20, threads: 2 },
+  { mode: 'extended', clients: 1, threads: 1 },
+  { mode: 'extended', clients: 20, threads: 2 },
+];
+
+const log = (line) => process.stdout.write(line + '\n');
+
+function benchSeconds() {
+  const raw = process.env.PGTENANT_BENCH_SECONDS ?? '10';
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1 || n > 300) {
+    throw new Error(`PGTENANT_BENCH_SECONDS must be a whole number of seconds from 1 to 300, got '${raw}'`);
+  }
+  return n;
+}
+
+async function serverVersion(url) {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return (await client.query('SHOW server_version')).rows[0].server_version;
+  } finally {
+    await client.end();
+  }
+}
+
+/** Brings up PgBouncer and pgtenant; a target that fails to start is reported and left out, not fatal. */
+async function startTargets(serverPort, password) {
+  const targets = { direct: { port: serverPort } };
+  const notes = {};
+  const bin = await ensurePgbouncer(log);
+  if (bin) {
+    try {
+      targets.pgbouncer = { ...(await startPgbouncer(bin, { serverPort, user: TENANT, password })), version: pgbouncerVersion(bin) };
+    } catch (err) {
+      notes.pgbouncer = err.message;
+      log(`PgBouncer column skipped: ${err.message}`);
+    }
+  } else {
+    notes.pgbouncer = 'pgbouncer not available';
+  }
+  return { targets, notes };
+}
+
+async function addProxy(targets, notes, url) {
+  try {
+    targets.pgtenant = await startProxy(repoRoot, url);
+  } catch (err) {
+    notes.pgtenant = err.message;
+    log(`pgtenant column failed: ${err.message}`);
+  }
+}
+
+async function measure(pgbench, conn, targets, seconds) {
+  const rows = [];
+  for (const w of WORKLOADS) {
+    const row = { workload: `select-only ${w.mode}`, mode: w.mode, clients: w.clients, threads: w.threads, targets: {} };
+    for (const name of TARGETS) {
+      const target = targets[name];
+      if (!target) continue;
+      try {
+        const r = await runSelectOnly(pgbench, { ...conn, port: target.port }, { ...w, seconds });
+        row.targets[name] = r;
+        log(`  ${row.workload.padEnd(20)} c=${String(w.clients).padStart(2)}  ${name.padEnd(9)}  ${r.tps.toFixed(0).padStart(7)} tps  ${r.latencyMs.toFixed(3)} ms`);
+      } catch (err) {
+        const died = target.child && target.child.exitCode !== null ? `\n${name} exited; its output:\n${target.child.output.text.trim()}` : '';
+        row.targets[name] = { error: err.message + died };
+        log(`  ${row.workload.padEnd(20)} c=${String(w.clients).padStart(2)}  ${name.padEnd(9)}  FAILED: ${err.message}${died}`);
+      }
+    }
+    row.ratios = { pgtenantOverPgbouncer: ratio(row, 'pgbouncer'), pgtenantOverDirect: ratio(row, 'direct') };
+    rows.push(row);
+  }
+  return rows;
+}
+
+async function main() {
+  const pgbench = findExecutable('pgbench');
+  if (!pgbench) {
+    process.stderr.write('bench: pgbench is not on PATH. Install it with: apt-get install postgresql-client\n');
+    return 1;
+  }
+  const seconds = benchSeconds();
+  installExitHandlers((600 + TARGETS.length * WORKLOADS.length * (seconds + 30)) * 1000);
+  const startedAt = new Date().toISOString();
+  const load = loadavg()[0];
+
+  log('starting PostgreSQL...');
+  const server = await startServer(repoRoot);
+  const { port, database } = describeUrl(server.url);
+  const password = randomBytes(12).toString('hex');
+  log(`creating tenant '${TENANT}' through the CLI...`);
+  await createTenant(repoRoot, server.url, TENANT, password);
+  const conn = { user: TENANT, password, database };
+  log(`creating pgbench tables (scale ${SCALE}) in schema '${TENANT}'...`);
+  await initTables(pgbench, { ...conn, port }, SCALE);
+
+  const { targets, notes } = await startTargets(port, password);
+  await addProxy(targets, notes, server.url);
+  // One unrecorded run so the first measured target does not pay for a cold cache.
+  await runSelectOnly(pgbench, { ...conn, port }, { mode: 'simple', clients: 4, threads: 2, seconds: Math.min(3, seconds) });
+
+  log(`running ${WORKLOADS.length} workloads x ${Object.keys(targets).length} targets, ${seconds} s each...`);
+  const rows = await measure(pgbench, conn, targets, seconds);
+  const shown = TARGETS.filter((t) => targets[t] || t === 'pgtenant');
+  log('\n' + formatTable(rows, shown));
+  for (const [name, note] of Object.entries(notes)) log(`note: ${name}: ${note.split('\n')[0]}`);
+
+  const pgbenchVersion = (await runCommand(pgbench, ['--version'])).stdout.trim();
+  const out = join(repoRoot, 'bench', 'results', 'latest.json');
+  writeJson(out, {
+    startedAt,
+    seconds,
+    scale: SCALE,
+    machine: { cpus: cpus().length, loadAverage1m: load, node: process.version },
+    versions: { server: await serverVersion(server.url), pgbench: pgbenchVersion, pgbouncer: targets.pgbouncer?.version ?? null },
+    server: server.embedded ? 'embedded' : 'PGTENANT_BENCH_DATABASE_URL',
+    notes,
+    rows,
+  });
+  log(`\nwrote ${out}`);
+  const failed = !targets.pgtenant || rows.some((r) => Object.values(r.targets).some((t) => t.error));
+  return failed ? 1 : 0;
+}
+
+let code = 1;
+try {
+  code = await main();
+} catch (err) {
+  process.stderr.write(`bench: ${err.message}\n`);
+} finally {
+  await cleanup();
+}
+process.exit(code);

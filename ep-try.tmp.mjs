@@ -1,0 +1,11 @@
+import { startEmbeddedPostgres } from '/work/main/.tmp-build/embedded-postgres.js';
+import pg from 'pg';
+import { createLogger } from '/work/main/.tmp-build/logger.js';
+const t0 = Date.now();
+const s = await startEmbeddedPostgres({ dataDir: '/tmp/ep-try/data', persistent: process.argv[2] === 'p', log: createLogger('debug') });
+console.log('started', s.url, Date.now() - t0);
+const c = new pg.Client(s.url); await c.connect();
+console.log((await c.query("select version(), current_setting('max_connections') mc, current_setting('listen_addresses') la, current_setting('password_encryption') pe")).rows);
+await c.end();
+const bad = new pg.Client(s.url.replace(s.password, 'nope')); await bad.connect().then(()=>console.log('BAD: connected'), e=>console.log('wrong pw refused:', e.code));
+await s.stop(); console.log('stopped', Date.now() - t0);

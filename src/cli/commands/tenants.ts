@@ -1,0 +1,125 @@
+// `pgtenant tenants create|list|show|suspend|resume|drop`: the lifecycle service from the command line.
+import type { Argv } from 'yargs';
+import type { OptionName } from '../../config.js';
+import { TenantService } from '../../tenants/service.js';
+import type { TenantRecord } from '../../tenants/types.js';
+import { EXIT_OK, EXIT_USAGE, type Command, type CommandContext } from '../command.js';
+import { migrationsDirFor, withUpstream } from '../upstream.js';
+
+const OPTIONS: readonly OptionName[] = ['upstream', 'isolation', 'migrationsDir'];
+
+function withService<T>(ctx: CommandContext, fn: (svc: TenantService) => Promise<T>): Promise<T> {
+  return withUpstream(ctx.config, ctx.log, (pool) =>
+    fn(new TenantService(pool, { isolation: ctx.config.isolation, migrationsDir: migrationsDirFor(ctx.config), log: ctx.log })),
+  );
+}
+
+const idArg = (y: Argv): Argv => y.positional('id', { type: 'string', describe: 'Tenant id (lowercase identifier)' });
+const jsonFlag = (y: Argv): Argv => y.option('json', { type: 'boolean', describe: 'Print JSON' });
+
+function showLines(t: TenantRecord): string[] {
+  return [
+    `id:       ${t.id}`,
+    `state:    ${t.state}`,
+    `schema:   ${t.schema}`,
+    `role:     ${t.role ?? '(shared login role: schema isolation)'}`,
+    `created:  ${t.createdAt.toISOString()}`,
+    `updated:  ${t.updatedAt.toISOString()}`,
+  ];
+}
+
+function table(tenants: readonly TenantRecord[]): string[] {
+  const rows = [['ID', 'STATE', 'SCHEMA', 'ROLE', 'CREATED'], ...tenants.map((t) => [t.id, t.state, t.schema, t.role ?? '-', t.createdAt.toISOString()])];
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows.map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd());
+}
+
+const create: Command = {
+  command: 'create <id>',
+  describe: 'Create a tenant (role, schema, registry row) and apply the tenant migrations',
+  options: OPTIONS,
+  builder: (y) => idArg(y).option('password', { type: 'string', describe: 'Tenant password (default: generated and printed once)' }),
+  async run(args, ctx) {
+    const password = args.password as string | undefined;
+    const result = await withService(ctx, (svc) => svc.create(String(args.id), password === undefined ? {} : { password }));
+    const t = result.tenant;
+    ctx.out(`created tenant ${t.id} (schema ${t.schema}, role ${t.role ?? '-'}, ${result.migrationsApplied} migration(s) applied)`);
+    if (result.password !== null) ctx.out(`password: ${result.password}  (shown once; store it now)`);
+    return EXIT_OK;
+  },
+};
+
+const list: Command = {
+  command: 'list',
+  describe: 'List tenants',
+  options: OPTIONS,
+  builder: jsonFlag,
+  async run(args, ctx) {
+    const tenants = await withService(ctx, (svc) => svc.list());
+    if (args.json) ctx.out(JSON.stringify(tenants));
+    else if (tenants.length === 0) ctx.out('no tenants');
+    else table(tenants).forEach((line) => ctx.out(line));
+    return EXIT_OK;
+  },
+};
+
+const show: Command = {
+  command: 'show <id>',
+  describe: 'Show one tenant',
+  options: OPTIONS,
+  builder: (y) => jsonFlag(idArg(y)),
+  async run(args, ctx) {
+    const t = await withService(ctx, (svc) => svc.get(String(args.id)));
+    if (args.json) ctx.out(JSON.stringify(t));
+    else showLines(t).forEach((line) => ctx.out(line));
+    return EXIT_OK;
+  },
+};
+
+const suspend: Command = {
+  command: 'suspend <id>',
+  describe: 'Suspend a tenant: new connections are refused (its role loses LOGIN)',
+  options: OPTIONS,
+  builder: idArg,
+  async run(args, ctx) {
+    const t = await withService(ctx, (svc) => svc.suspend(String(args.id)));
+    ctx.out(`tenant ${t.id} suspended`);
+    return EXIT_OK;
+  },
+};
+
+const resume: Command = {
+  command: 'resume <id>',
+  describe: 'Resume a suspended tenant',
+  options: OPTIONS,
+  builder: idArg,
+  async run(args, ctx) {
+    const t = await withService(ctx, (svc) => svc.resume(String(args.id)));
+    ctx.out(`tenant ${t.id} active`);
+    return EXIT_OK;
+  },
+};
+
+const drop: Command = {
+  command: 'drop <id>',
+  describe: "Drop a tenant: its schema with all data, its role and its registry rows (needs --yes)",
+  options: OPTIONS,
+  builder: (y) => idArg(y).option('yes', { type: 'boolean', describe: 'Confirm: the data is gone for good' }),
+  async run(args, ctx) {
+    const id = String(args.id);
+    if (args.yes !== true) {
+      process.stderr.write(`pgtenant: tenants drop ${id} deletes the tenant's schema and data for good; add --yes to confirm\n`);
+      return EXIT_USAGE;
+    }
+    await withService(ctx, (svc) => svc.drop(id));
+    ctx.out(`tenant ${id} dropped`);
+    return EXIT_OK;
+  },
+};
+
+export const tenantsCommand: Command = {
+  command: 'tenants',
+  describe: 'Create, list, show, suspend, resume and drop tenants',
+  options: OPTIONS,
+  subcommands: [create, list, show, suspend, resume, drop],
+};

@@ -1,0 +1,53 @@
+// Opens a pg.Pool on the upstream (management) URL for one CLI command, and always closes it.
+import { existsSync } from 'node:fs';
+import pg from 'pg';
+import { OPTIONS, requireUpstream, type Config } from '../config.js';
+import type { Logger } from '../logger.js';
+
+/** The URL with its password masked, for messages. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '(unparsable upstream URL)';
+  }
+}
+
+function describe(err: unknown): string {
+  const e = err as { message?: string; code?: string; errors?: { message?: string }[] };
+  // Node reports a refused dual-stack connect as an AggregateError with an empty message.
+  return e.message || e.errors?.map((x) => x.message).join('; ') || e.code || String(err);
+}
+
+/** Runs fn with a pool on the upstream; a failure to connect becomes one readable line. */
+export async function withUpstream<T>(config: Config, log: Logger, fn: (pool: pg.Pool) => Promise<T>): Promise<T> {
+  const url = requireUpstream(config);
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: 2,
+    application_name: 'pgtenant-cli',
+    connectionTimeoutMillis: config.connectTimeout,
+  });
+  pool.on('error', (err) => log.debug({ err: err.message }, 'idle upstream connection lost'));
+  try {
+    try {
+      (await pool.connect()).release();
+    } catch (err) {
+      throw new Error(`cannot connect to upstream ${redactUrl(url)}: ${describe(err)}`, { cause: err });
+    }
+    return await fn(pool);
+  } finally {
+    await pool.end();
+  }
+}
+
+/**
+ * The migrations folder to use: the configured one, except that a missing folder under the default
+ * name means "no migrations" (a project without any), while a folder named explicitly must exist.
+ */
+export function migrationsDirFor(config: Config): string | null {
+  if (config.migrationsDir === OPTIONS.migrationsDir.default && !existsSync(config.migrationsDir)) return null;
+  return config.migrationsDir;
+}

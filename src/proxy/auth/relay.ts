@@ -1,0 +1,68 @@
+// Relays the server's password challenge to the client and the client's answers back, so Postgres itself checks the password.
+import type { BackendMessage } from 'pg-protocol/dist/messages.js';
+import { PgError, protocolViolation } from '../errors.js';
+import type { ClientConnection } from '../client.js';
+import { Frontend } from '../protocol/constants.js';
+import type { BackendWriter } from '../protocol/writer.js';
+import type { BackendConnection } from '../upstream.js';
+
+type Sasl = BackendMessage & { mechanisms?: string[]; data?: string; salt?: Buffer };
+
+/** A backend ErrorResponse, as an error for the client (the server's SQLSTATE is kept). */
+export function backendError(m: BackendMessage): PgError {
+  const e = m as BackendMessage & { code?: string; message?: string; severity?: string; detail?: string; hint?: string };
+  const severity = e.severity === 'ERROR' ? 'ERROR' : 'FATAL';
+  return new PgError(e.code ?? '08006', e.message ?? 'upstream error', severity, e.detail, e.hint);
+}
+
+function frame(type: number, body: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(5 + body.length);
+  out[0] = type;
+  out.writeInt32BE(4 + body.length, 1);
+  body.copy(out, 5);
+  return out;
+}
+
+async function forwardClientReply(client: ClientConnection, backend: BackendConnection, what: string): Promise<void> {
+  const reply = await client.readMessage(Frontend.PasswordMessage, what);
+  backend.send(frame(reply.type, reply.body));
+}
+
+/** Challenges the client is shown and answers it gives; each returns once the reply is forwarded. */
+const challenges: Partial<Record<string, (m: Sasl, c: ClientConnection, b: BackendConnection, w: BackendWriter) => Promise<void>>> = {
+  authenticationCleartextPassword: async (_m, c, b, w) => {
+    c.write(w.authenticationCleartextPassword().flush());
+    await forwardClientReply(c, b, 'password');
+  },
+  authenticationMD5Password: async (m, c, b, w) => {
+    c.write(w.authenticationMD5Password(m.salt!).flush());
+    await forwardClientReply(c, b, 'password');
+  },
+  authenticationSASL: async (m, c, b, w) => {
+    // Channel binding would bind to the proxy's TLS session, not the server's: offer only the plain mechanisms.
+    const mechanisms = (m.mechanisms ?? []).filter((x) => !x.endsWith('-PLUS'));
+    if (mechanisms.length === 0) throw protocolViolation('the upstream server offers only channel-bound SASL mechanisms');
+    c.write(w.authenticationSASL(mechanisms).flush());
+    await forwardClientReply(c, b, 'SASLInitialResponse');
+  },
+  authenticationSASLContinue: async (m, c, b, w) => {
+    c.write(w.authenticationSASLContinue(Buffer.from(m.data ?? '', 'utf8')).flush());
+    await forwardClientReply(c, b, 'SASLResponse');
+  },
+  authenticationSASLFinal: async (m, c, _b, w) => {
+    c.write(w.authenticationSASLFinal(Buffer.from(m.data ?? '', 'utf8')).flush());
+  },
+};
+
+/** Runs the exchange until the server sends AuthenticationOk (which is not forwarded: the caller decides what follows). */
+export async function relayAuthentication(client: ClientConnection, backend: BackendConnection, writer: BackendWriter): Promise<void> {
+  for (;;) {
+    const m = await backend.next();
+    if (m.name === 'authenticationOk') return;
+    if (m.name === 'error') throw backendError(m);
+    if (m.name === 'notice') continue;
+    const step = challenges[m.name];
+    if (!step) throw protocolViolation(`unexpected message "${m.name}" from the upstream server during authentication`);
+    await step(m as Sasl, client, backend, writer);
+  }
+}

@@ -1,0 +1,116 @@
+// A client socket during the startup phase: whole packets and messages on demand, and the one path errors leave by.
+import type net from 'node:net';
+import { PgError, protocolViolation } from './errors.js';
+import { MessageReader } from './protocol/reader.js';
+import { errorResponseFor } from './protocol/writer.js';
+
+type Wanted = 'startup' | 'message';
+type TypedMessage = { type: number; body: Buffer };
+
+/** Raised when the client went away: nothing is sent back. */
+export class ClientGone extends Error {
+  override readonly name = 'ClientGone';
+}
+
+export class ClientConnection {
+  readonly reader = new MessageReader();
+  private waiter: { want: Wanted; resolve: (v: Buffer | TypedMessage) => void; reject: (e: Error) => void } | null = null;
+  private failure: Error | null = null;
+  bytesIn = 0;
+  bytesOut = 0;
+  private readonly onData = (chunk: Buffer) => {
+    this.bytesIn += chunk.length;
+    this.reader.push(chunk);
+    this.pump();
+  };
+  private readonly onClose = () => this.fail(new ClientGone('client closed the connection'));
+
+  constructor(public socket: net.Socket) {
+    this.attach();
+  }
+
+  /** Starts (or resumes, after a TLS upgrade swapped the socket) reading. */
+  attach(socket: net.Socket = this.socket): void {
+    this.socket = socket;
+    socket.on('data', this.onData);
+    socket.once('close', this.onClose);
+    socket.on('error', () => {});
+  }
+
+  /** Stops reading, for a TLS upgrade or the hand-over to the relay. */
+  detach(): void {
+    this.socket.off('data', this.onData);
+    this.socket.off('close', this.onClose);
+  }
+
+  private fail(err: Error): void {
+    this.failure ??= err;
+    const w = this.waiter;
+    this.waiter = null;
+    w?.reject(err);
+  }
+
+  private pump(): void {
+    const w = this.waiter;
+    if (!w) return;
+    let value: Buffer | TypedMessage | null;
+    try {
+      value = w.want === 'startup' ? this.reader.readStartupPacket() : this.reader.readMessage();
+    } catch (err) {
+      this.fail(err as Error);
+      return;
+    }
+    if (value) {
+      this.waiter = null;
+      w.resolve(value);
+    }
+  }
+
+  private read<T extends Buffer | TypedMessage>(want: Wanted): Promise<T> {
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise<T>((resolve, reject) => {
+      this.waiter = { want, resolve: resolve as (v: Buffer | TypedMessage) => void, reject };
+      this.pump();
+    });
+  }
+
+  /** The next untyped startup-phase packet (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest). */
+  readStartupPacket(): Promise<Buffer> {
+    return this.read<Buffer>('startup');
+  }
+
+  /** The next typed message, which must be of the expected type (authentication replies). */
+  async readMessage(expected: number, what: string): Promise<TypedMessage> {
+    const m = await this.read<TypedMessage>('message');
+    if (m.type !== expected) {
+      throw protocolViolation(`expected ${what} message, got message type "${String.fromCharCode(m.type)}"`);
+    }
+    return m;
+  }
+
+  write(buf: Buffer): void {
+    this.bytesOut += buf.length;
+    this.socket.write(buf);
+  }
+
+  /** Errors to clients leave through here: one ErrorResponse, then the connection ends. */
+  refuse(err: PgError): void {
+    this.detach();
+    this.fail(new ClientGone(`refused: ${err.message}`));
+    if (this.socket.destroyed) return;
+    const buf = errorResponseFor(err);
+    this.bytesOut += buf.length;
+    this.socket.end(buf);
+    setTimeout(() => this.socket.destroy(), 1000).unref();
+  }
+
+  close(): void {
+    this.detach();
+    this.fail(new ClientGone('closed by the proxy'));
+    this.socket.destroy();
+  }
+}
+
+export function isPgError(err: unknown): err is PgError {
+  return err instanceof PgError;
+}

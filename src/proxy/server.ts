@@ -1,0 +1,118 @@
+// The proxy listener: accepts clients, runs their sessions, reacts to tenant changes, and shuts down gracefully.
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
+import type { Config } from '../config.js';
+import type { Logger } from '../logger.js';
+import { TenantDirectory } from '../tenants/directory.js';
+import { CancelRegistry } from './cancel.js';
+import { adminShutdown } from './errors.js';
+import { DedicatedPool, type BackendPool } from './pool.js';
+import { Session, type SessionDeps, type TenantLookup } from './session.js';
+import { upstreamTarget } from './upstream.js';
+
+export interface ProxyServer {
+  readonly address: { host: string; port: number };
+  readonly pool: BackendPool;
+  /** Live sessions (for the admin API and tests). */
+  sessions(): ReadonlySet<Session>;
+  /** Ends every session of a tenant with a FATAL the client can read. */
+  disconnectTenant(id: string, reason: string): number;
+  /** Stops accepting, lets sessions finish for up to `graceMs`, then ends the rest. */
+  close(graceMs?: number): Promise<void>;
+}
+
+export interface ProxyOptions {
+  readonly config: Config;
+  readonly log: Logger;
+  /** Tenant lookups; by default a TenantDirectory on the upstream, closed with the server. */
+  readonly tenants?: TenantLookup;
+}
+
+function loadSecureContext(config: Config): tls.SecureContext | null {
+  if (!config.tlsCert || !config.tlsKey) return null;
+  return tls.createSecureContext({ cert: readFileSync(config.tlsCert), key: readFileSync(config.tlsKey) });
+}
+
+export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
+  const { config } = opts;
+  const log = opts.log.child({ component: 'proxy' });
+  if (!config.upstream) throw new Error('the proxy needs an upstream URL');
+  let directory: TenantDirectory | null = null;
+  if (!opts.tenants) {
+    directory = new TenantDirectory({ connectionString: config.upstream, ttlMs: config.tenantCacheTtl, log });
+    await directory.start();
+  }
+  const tenants: TenantLookup = opts.tenants ?? directory!;
+  const pool = new DedicatedPool();
+  const deps: SessionDeps = {
+    config,
+    target: upstreamTarget(config.upstream),
+    tenants,
+    cancels: new CancelRegistry(),
+    pool,
+    secureContext: loadSecureContext(config),
+    log,
+  };
+  if (config.isolation === 'schema') {
+    log.warn('isolation mode "schema" is a convenience, not a security boundary: all tenants share one login role');
+  }
+  const live = new Set<Session>();
+  let counter = 0;
+
+  const server = net.createServer({ noDelay: true }, (socket) => {
+    socket.setKeepAlive(true, 60_000);
+    const session = new Session(socket, `${process.pid.toString(36)}.${(++counter).toString(36)}`, deps);
+    live.add(session);
+    void session.run().finally(() => live.delete(session));
+  });
+  server.on('error', (err) => log.error({ err }, 'listener error'));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.listen.port, config.listen.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const bound = server.address() as net.AddressInfo;
+  const address = { host: bound.address, port: bound.port };
+  log.info({ listen: `${address.host}:${address.port}`, isolation: config.isolation, poolMode: config.poolMode }, 'proxy listening');
+
+  const disconnectTenant = (id: string, reason: string): number => {
+    let n = 0;
+    for (const s of live) {
+      if (s.tenant !== id) continue;
+      s.terminate(adminShutdown(`terminating connection: ${reason}`));
+      n++;
+    }
+    return n;
+  };
+
+  directory?.on('change', (id: string) => {
+    void directory!.lookup(id).then(
+      (record) => {
+        if (!record) disconnectTenant(id, `tenant "${id}" was dropped`);
+        else if (record.state !== 'active') disconnectTenant(id, `tenant "${id}" was suspended`);
+      },
+      (err: Error) => log.warn({ err: err.message, tenant: id }, 'tenant lookup after change failed'),
+    );
+  });
+
+  let closing: Promise<void> | null = null;
+  const close = (graceMs = config.shutdownTimeout): Promise<void> => {
+    closing ??= (async () => {
+      log.info({ sessions: live.size, graceMs }, 'shutting down: no new connections');
+      server.close();
+      const deadline = Date.now() + graceMs;
+      while (live.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      for (const s of live) s.terminate(adminShutdown());
+      const hard = Date.now() + 2000;
+      while (live.size > 0 && Date.now() < hard) await new Promise((r) => setTimeout(r, 20));
+      await directory?.close();
+      log.info('proxy stopped');
+    })();
+    return closing;
+  };
+
+  return { address, pool, sessions: () => live, disconnectTenant, close };
+}

@@ -1,0 +1,171 @@
+// Backend connections: TCP or Unix socket, TLS per the upstream URL's sslmode, and the startup-phase reader (pg-protocol).
+import net from 'node:net';
+import tls from 'node:tls';
+import { serialize } from 'pg-protocol';
+import type { BackendMessage } from 'pg-protocol/dist/messages.js';
+import { Parser } from 'pg-protocol/dist/parser.js';
+import { connectionFailure } from './errors.js';
+
+export type SslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full';
+const SSL_MODES: readonly SslMode[] = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'];
+
+export interface UpstreamTarget {
+  readonly host: string;
+  readonly port: number;
+  /** Set when the host is a Unix socket directory. */
+  readonly socketPath: string | null;
+  readonly sslmode: SslMode;
+}
+
+/** Where backends live, read from the upstream URL (credentials there are for management only). */
+export function upstreamTarget(url: string): UpstreamTarget {
+  const u = new URL(url);
+  const hostParam = u.searchParams.get('host');
+  const host = hostParam ?? (decodeURIComponent(u.hostname).replace(/^\[|\]$/g, '') || 'localhost');
+  const port = Number(u.searchParams.get('port') ?? (u.port || 5432));
+  const sslmode = (u.searchParams.get('sslmode') ?? 'prefer') as SslMode;
+  if (!SSL_MODES.includes(sslmode)) throw new Error(`upstream URL: unknown sslmode '${sslmode}'`);
+  const socketPath = host.startsWith('/') ? `${host}/.s.PGSQL.${port}` : null;
+  return Object.freeze({ host, port, socketPath, sslmode: socketPath ? 'disable' : sslmode });
+}
+
+function connectSocket(target: UpstreamTarget, timeoutMs: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = target.socketPath
+      ? net.connect({ path: target.socketPath })
+      : net.connect({ host: target.host, port: target.port });
+    const fail = (err: Error) => {
+      socket.destroy();
+      reject(connectionFailure(`could not connect to the upstream server: ${err.message}`));
+    };
+    socket.setTimeout(timeoutMs, () => fail(new Error(`timeout after ${timeoutMs} ms`)));
+    socket.once('error', fail);
+    socket.once('connect', () => {
+      socket.setTimeout(0);
+      socket.off('error', fail);
+      socket.setNoDelay(true);
+      socket.setKeepAlive(true, 60_000);
+      resolve(socket);
+    });
+  });
+}
+
+/** Sends SSLRequest and upgrades when the server agrees; falls back to plaintext only where sslmode allows. */
+async function negotiateTls(socket: net.Socket, target: UpstreamTarget): Promise<net.Socket> {
+  if (target.sslmode === 'disable' || target.sslmode === 'allow') return socket;
+  const answer = await new Promise<number>((resolve, reject) => {
+    socket.once('error', reject);
+    socket.once('data', (b: Buffer) => {
+      socket.off('error', reject);
+      if (b.length !== 1) reject(new Error('unexpected reply to SSLRequest'));
+      else resolve(b[0]!);
+    });
+    socket.write(serialize.requestSsl());
+  }).catch((err: Error) => {
+    socket.destroy();
+    throw connectionFailure(`upstream TLS negotiation failed: ${err.message}`);
+  });
+  if (answer !== 0x53) {
+    if (target.sslmode === 'prefer') return socket;
+    socket.destroy();
+    throw connectionFailure('the upstream server does not support TLS, but sslmode requires it');
+  }
+  const verify = target.sslmode === 'verify-ca' || target.sslmode === 'verify-full';
+  return new Promise((resolve, reject) => {
+    const secure = tls.connect({
+      socket,
+      rejectUnauthorized: verify,
+      ...(target.sslmode === 'verify-full' ? { servername: target.host } : { checkServerIdentity: () => undefined }),
+    });
+    secure.once('secureConnect', () => {
+      secure.off('error', reject);
+      resolve(secure);
+    });
+    secure.once('error', (err) => {
+      socket.destroy();
+      reject(connectionFailure(`upstream TLS handshake failed: ${err.message}`));
+    });
+  });
+}
+
+export async function openBackendSocket(target: UpstreamTarget, timeoutMs: number): Promise<net.Socket> {
+  return negotiateTls(await connectSocket(target, timeoutMs), target);
+}
+
+/**
+ * One backend connection. During startup it yields parsed messages through next();
+ * after detach() its socket belongs to the relay, which only frames headers.
+ */
+export class BackendConnection {
+  private readonly parser = new Parser();
+  private readonly queue: BackendMessage[] = [];
+  // pg-protocol's ErrorResponse is itself an Error, so messages and failures travel on separate callbacks.
+  private waiter: { resolve: (m: BackendMessage) => void; reject: (e: Error) => void } | null = null;
+  private failure: Error | null = null;
+  private readonly onData = (chunk: Buffer) => this.parser.parse(chunk, (m) => this.deliver(m));
+  private readonly onEnd = () => this.fail(connectionFailure('the upstream server closed the connection'));
+  private readonly onError = (err: Error) => this.fail(connectionFailure(`upstream connection error: ${err.message}`));
+
+  constructor(readonly socket: net.Socket) {
+    socket.on('data', this.onData);
+    socket.once('close', this.onEnd);
+    socket.on('error', this.onError);
+  }
+
+  private deliver(m: BackendMessage): void {
+    const w = this.waiter;
+    this.waiter = null;
+    if (w) w.resolve(m);
+    else this.queue.push(m);
+  }
+
+  private fail(err: Error): void {
+    this.failure ??= err;
+    const w = this.waiter;
+    this.waiter = null;
+    w?.reject(err);
+  }
+
+  /** The next message from the server during startup. */
+  next(): Promise<BackendMessage> {
+    const m = this.queue.shift();
+    if (m) return Promise.resolve(m);
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => {
+      this.waiter = { resolve, reject };
+    });
+  }
+
+  send(buf: Buffer): void {
+    this.socket.write(buf);
+  }
+
+  /** Hands the socket to the relay: no more parsing. */
+  detach(): void {
+    this.socket.off('data', this.onData);
+    this.socket.off('close', this.onEnd);
+    this.socket.off('error', this.onError);
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+/** Opens a backend connection and sends its StartupMessage. */
+export async function connectBackend(target: UpstreamTarget, startup: Buffer, timeoutMs: number): Promise<BackendConnection> {
+  const conn = new BackendConnection(await openBackendSocket(target, timeoutMs));
+  conn.send(startup);
+  return conn;
+}
+
+/** Forwards a cancel to the backend's own key, on a connection of its own, as the protocol requires. */
+export async function sendCancelRequest(target: UpstreamTarget, processId: number, secretKey: number, timeoutMs: number): Promise<void> {
+  const socket = await openBackendSocket(target, timeoutMs);
+  await new Promise<void>((resolve) => {
+    socket.once('close', () => resolve());
+    socket.once('error', () => resolve());
+    socket.end(serialize.cancel(processId, secretKey));
+    setTimeout(() => socket.destroy(), timeoutMs).unref();
+  });
+}

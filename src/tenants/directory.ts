@@ -1,0 +1,164 @@
+// Cached tenant lookups for the proxy: TTL cache, coalesced queries, and LISTEN/NOTIFY to drop entries at once.
+import { EventEmitter } from 'node:events';
+import pg from 'pg';
+import { silentLogger, type Logger } from '../logger.js';
+import { isValidTenantId } from './ids.js';
+import { TENANT_CHANNEL, TENANT_COLUMNS, toRecord, type TenantRecord, type TenantRow } from './types.js';
+
+export interface TenantDirectoryOptions {
+  connectionString: string;
+  /** How long a found tenant stays cached; NOTIFY drops it sooner. */
+  ttlMs: number;
+  /** How long "no such tenant" stays cached (default: 2 s, at most ttlMs). */
+  negativeTtlMs?: number;
+  log?: Logger;
+}
+
+interface Entry {
+  record: TenantRecord | null;
+  expires: number;
+}
+
+const BACKOFF_MIN_MS = 100;
+const BACKOFF_MAX_MS = 10_000;
+
+/**
+ * Events: 'change' (id) when a NOTIFY names a tenant; 'reset' when the LISTEN connection was lost and the
+ * whole cache was dropped (changes in between were missed).
+ */
+export class TenantDirectory extends EventEmitter {
+  private readonly log: Logger;
+  private readonly pool: pg.Pool;
+  private readonly cache = new Map<string, Entry>();
+  private readonly inflight = new Map<string, Promise<TenantRecord | null>>();
+  private readonly negativeTtlMs: number;
+  private listener: pg.Client | undefined;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private backoffMs = BACKOFF_MIN_MS;
+  private closed = false;
+
+  constructor(private readonly opts: TenantDirectoryOptions) {
+    super();
+    this.log = (opts.log ?? silentLogger).child({ component: 'tenant-directory' });
+    this.negativeTtlMs = Math.min(opts.negativeTtlMs ?? 2000, opts.ttlMs);
+    this.pool = new pg.Pool({ connectionString: opts.connectionString, max: 4, application_name: 'pgtenant-directory' });
+    // An idle pooled client losing its server must not crash the proxy; the pool replaces it.
+    this.pool.on('error', (err) => this.log.warn({ err: err.message }, 'tenant lookup connection lost'));
+  }
+
+  /** Opens the LISTEN connection; rejects if the first attempt fails. */
+  async start(): Promise<void> {
+    await this.listen();
+  }
+
+  async lookup(id: string): Promise<TenantRecord | null> {
+    if (!isValidTenantId(id)) return null;
+    const hit = this.cache.get(id);
+    if (hit && hit.expires > Date.now()) return hit.record;
+    const pending = this.inflight.get(id);
+    if (pending) return pending;
+    const query = this.fetch(id).then(
+      (record) => {
+        // A NOTIFY (or reset) during the query removed our in-flight entry: the answer may be stale, do not keep it.
+        if (this.inflight.get(id) === query) {
+          this.inflight.delete(id);
+          // Without a LISTEN connection a cached answer could miss its NOTIFY; answer without keeping it.
+          if (!this.listener) return record;
+          const ttl = record ? this.opts.ttlMs : this.negativeTtlMs;
+          this.cache.set(id, { record, expires: Date.now() + ttl });
+        }
+        return record;
+      },
+      (err: unknown) => {
+        if (this.inflight.get(id) === query) this.inflight.delete(id);
+        throw err;
+      },
+    );
+    this.inflight.set(id, query);
+    return query;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.reconnectTimer);
+    const listener = this.listener;
+    this.listener = undefined;
+    this.clear();
+    await Promise.all([listener?.end().catch(() => undefined), this.pool.end()]);
+  }
+
+  private async fetch(id: string): Promise<TenantRecord | null> {
+    const { rows } = await this.pool.query<TenantRow>(`SELECT ${TENANT_COLUMNS} FROM pgtenant.tenants WHERE id = $1`, [id]);
+    return rows[0] ? toRecord(rows[0]) : null;
+  }
+
+  private clear(): void {
+    this.cache.clear();
+    this.inflight.clear();
+  }
+
+  private async listen(): Promise<void> {
+    const client = new pg.Client({
+      connectionString: this.opts.connectionString,
+      application_name: 'pgtenant-listen',
+      keepAlive: true,
+    });
+    let lost = false;
+    const onLost = (err?: Error) => {
+      if (lost) return;
+      lost = true;
+      if (this.listener === client) this.listener = undefined;
+      if (this.closed) return;
+      this.log.warn({ err: err?.message }, 'tenant LISTEN connection lost; cache cleared, reconnecting');
+      this.resetCache();
+      this.scheduleReconnect();
+    };
+    client.on('notification', (msg) => {
+      if (msg.channel !== TENANT_CHANNEL || !msg.payload) return;
+      this.cache.delete(msg.payload);
+      this.inflight.delete(msg.payload);
+      this.emit('change', msg.payload);
+    });
+    client.on('error', onLost);
+    client.on('end', () => onLost());
+    try {
+      await client.connect();
+      await client.query(`LISTEN ${TENANT_CHANNEL}`);
+    } catch (err) {
+      lost = true; // the caller decides: start() rejects, a reconnect schedules the next try
+      await client.end().catch(() => undefined);
+      throw err;
+    }
+    if (this.closed) {
+      await client.end().catch(() => undefined);
+      return;
+    }
+    this.listener = client;
+    this.backoffMs = BACKOFF_MIN_MS;
+  }
+
+  private resetCache(): void {
+    this.clear();
+    this.emit('reset');
+  }
+
+  private scheduleReconnect(): void {
+    const delay = this.backoffMs;
+    this.backoffMs = Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
+    this.reconnectTimer = setTimeout(() => {
+      this.listen().then(
+        () => {
+          // Changes may have happened while we were not listening.
+          this.resetCache();
+          this.log.info('tenant LISTEN connection restored');
+        },
+        (err: Error) => {
+          if (this.closed) return;
+          this.log.warn({ err: err.message, retryInMs: this.backoffMs }, 'tenant LISTEN reconnect failed');
+          this.scheduleReconnect();
+        },
+      );
+    }, delay);
+    this.reconnectTimer.unref?.();
+  }
+}

@@ -1,0 +1,232 @@
+// Tenant lifecycle: create, list, show, suspend, resume and drop, each one transaction that ends with a NOTIFY.
+import { randomBytes } from 'node:crypto';
+import type pg from 'pg';
+import { silentLogger, type Logger } from '../logger.js';
+import { applyTenantMigrations } from '../migrate/apply.js';
+import { loadMigrations, type MigrationFile } from '../migrate/loader.js';
+import { requireControlSchema } from './control-schema.js';
+import { TenantError } from './errors.js';
+import { quoteIdent, quoteLiteral, validatePassword, validateTenantId } from './ids.js';
+import { scramVerifier } from './scram.js';
+import { TENANT_CHANNEL, TENANT_COLUMNS, toRecord, type IsolationMode, type TenantRecord, type TenantRow, type TenantState } from './types.js';
+
+export { TENANT_CHANNEL };
+
+export interface TenantServiceOptions {
+  isolation: IsolationMode;
+  /** Folder with tenant/ and shared/ migration files; null or undefined: no migrations. */
+  migrationsDir?: string | null;
+  log?: Logger;
+}
+
+export interface CreateTenantResult {
+  tenant: TenantRecord;
+  /** The generated password (role isolation, none given), shown once; null otherwise. */
+  password: string | null;
+  migrationsApplied: number;
+}
+
+/** SQLSTATEs that mean "something of that name is already there". */
+const DUPLICATE = new Set(['42710', '42P06', '23505']);
+
+interface Management {
+  superuser: boolean;
+  serverVersion: number;
+}
+
+export class TenantService {
+  private readonly log: Logger;
+  private management: Management | undefined;
+
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly opts: TenantServiceOptions,
+  ) {
+    this.log = (opts.log ?? silentLogger).child({ component: 'tenants' });
+  }
+
+  async create(id: string, opts: { password?: string } = {}): Promise<CreateTenantResult> {
+    validateTenantId(id);
+    const roleMode = this.opts.isolation === 'role';
+    if (!roleMode && opts.password !== undefined) {
+      throw new TenantError('invalid_password', 'a tenant password applies only in role isolation (schema isolation uses one shared login role)');
+    }
+    const password = roleMode ? (opts.password !== undefined ? validatePassword(opts.password) : randomBytes(24).toString('base64url')) : null;
+    const files = await this.tenantMigrations();
+    const name = quoteIdent(id);
+    try {
+      const { record, applied } = await this.transaction(async (c) => {
+        await this.refuseExisting(c, id, roleMode);
+        if (password !== null) {
+          // Only the verifier travels: the clear password never reaches the server, its logs or pg_stat_statements.
+          await c.query(
+            `CREATE ROLE ${name} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS PASSWORD ${quoteLiteral(scramVerifier(password))}`,
+          );
+          await this.grantToManagement(c, name);
+          await c.query(`CREATE SCHEMA ${name} AUTHORIZATION ${name}`);
+          // Per database: the schema exists only here, and other databases on the server may hold other tenants.
+          const { rows } = await c.query<{ db: string }>('SELECT pg_catalog.current_database() AS db');
+          await c.query(`ALTER ROLE ${name} IN DATABASE ${quoteIdent(rows[0]!.db)} SET search_path = ${name}`);
+        } else {
+          await c.query(`CREATE SCHEMA ${name}`);
+        }
+        await c.query(`REVOKE ALL ON SCHEMA ${name} FROM PUBLIC`);
+        const { rows } = await c.query<TenantRow>(
+          `INSERT INTO pgtenant.tenants (id, schema_name, role_name, isolation) VALUES ($1, $1, $2, $3) RETURNING ${TENANT_COLUMNS}`,
+          [id, roleMode ? id : null, this.opts.isolation],
+        );
+        const record = toRecord(rows[0]!);
+        const applied = await applyTenantMigrations(c, record, files);
+        await notify(c, id);
+        return { record, applied };
+      });
+      this.log.info({ tenant: id, isolation: this.opts.isolation, migrations: applied }, 'tenant created');
+      return { tenant: record, password: opts.password === undefined ? password : null, migrationsApplied: applied };
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (typeof code === 'string' && DUPLICATE.has(code)) {
+        throw new TenantError('tenant_exists', `tenant '${id}' already exists`, { cause: err });
+      }
+      throw err;
+    }
+  }
+
+  async list(): Promise<TenantRecord[]> {
+    return this.withClient(async (c) => {
+      const { rows } = await c.query<TenantRow>(`SELECT ${TENANT_COLUMNS} FROM pgtenant.tenants ORDER BY id`);
+      return rows.map(toRecord);
+    });
+  }
+
+  async get(id: string): Promise<TenantRecord> {
+    validateTenantId(id);
+    return this.withClient(async (c) => toRecord(await findRow(c, id, false)));
+  }
+
+  suspend(id: string): Promise<TenantRecord> {
+    return this.setState(id, 'suspended');
+  }
+
+  resume(id: string): Promise<TenantRecord> {
+    return this.setState(id, 'active');
+  }
+
+  async drop(id: string): Promise<void> {
+    validateTenantId(id);
+    await this.transaction(async (c) => {
+      const row = await findRow(c, id, true);
+      if (row.role_name) {
+        // Open sessions would hold locks on the schema's objects and outlive their role.
+        await c.query(
+          `SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+            WHERE usename = $1 AND datname = pg_catalog.current_database() AND pid <> pg_catalog.pg_backend_pid()`,
+          [row.role_name],
+        );
+      }
+      await c.query(`DROP SCHEMA IF EXISTS ${quoteIdent(row.schema_name)} CASCADE`);
+      if (row.role_name) {
+        const role = quoteIdent(row.role_name);
+        await c.query(`DROP OWNED BY ${role}`);
+        await c.query(`DROP ROLE IF EXISTS ${role}`);
+      }
+      await c.query('DELETE FROM pgtenant.migrations WHERE tenant_id = $1', [id]);
+      await c.query('DELETE FROM pgtenant.tenants WHERE id = $1', [id]);
+      await notify(c, id);
+    });
+    this.log.info({ tenant: id }, 'tenant dropped');
+  }
+
+  private async setState(id: string, state: TenantState): Promise<TenantRecord> {
+    validateTenantId(id);
+    const record = await this.transaction(async (c) => {
+      const row = await findRow(c, id, true);
+      if (row.role_name) await c.query(`ALTER ROLE ${quoteIdent(row.role_name)} ${state === 'active' ? 'LOGIN' : 'NOLOGIN'}`);
+      const { rows } = await c.query<TenantRow>(
+        `UPDATE pgtenant.tenants SET state = $2, updated_at = now() WHERE id = $1 RETURNING ${TENANT_COLUMNS}`,
+        [id, state],
+      );
+      await notify(c, id);
+      return toRecord(rows[0]!);
+    });
+    this.log.info({ tenant: id, state }, state === 'active' ? 'tenant resumed' : 'tenant suspended');
+    return record;
+  }
+
+  private async tenantMigrations(): Promise<MigrationFile[]> {
+    if (!this.opts.migrationsDir) return [];
+    return (await loadMigrations(this.opts.migrationsDir)).tenant;
+  }
+
+  private async refuseExisting(c: pg.ClientBase, id: string, roleMode: boolean): Promise<void> {
+    const { rows } = await c.query<{ tenant: boolean; role: boolean; schema: boolean }>(
+      `SELECT EXISTS (SELECT 1 FROM pgtenant.tenants WHERE id = $1) AS tenant,
+              EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1) AS role,
+              EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1) AS schema`,
+      [id],
+    );
+    const r = rows[0]!;
+    if (r.tenant) throw new TenantError('tenant_exists', `tenant '${id}' already exists`);
+    if (roleMode && r.role) throw new TenantError('tenant_exists', `a role named '${id}' already exists on this server`);
+    if (r.schema) throw new TenantError('tenant_exists', `a schema named '${id}' already exists in this database`);
+  }
+
+  /**
+   * A management role that is not a superuser needs the tenant's privileges to create its schema, run its
+   * migrations as it (SET ROLE) and later drop what it owns; a superuser has them already.
+   */
+  private async grantToManagement(c: pg.ClientBase, role: string): Promise<void> {
+    if (!this.management) {
+      const { rows } = await c.query<{ superuser: boolean; version: number }>(
+        `SELECT rolsuper AS superuser, pg_catalog.current_setting('server_version_num')::int AS version
+           FROM pg_catalog.pg_roles WHERE rolname = current_user`,
+      );
+      this.management = { superuser: rows[0]?.superuser ?? false, serverVersion: rows[0]?.version ?? 0 };
+    }
+    if (this.management.superuser) return;
+    const how = this.management.serverVersion >= 160000 ? ' WITH INHERIT TRUE, SET TRUE' : '';
+    await c.query(`GRANT ${role} TO CURRENT_USER${how}`);
+  }
+
+  private async withClient<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    const c = await this.pool.connect();
+    try {
+      await requireControlSchema(c);
+      return await fn(c);
+    } finally {
+      c.release();
+    }
+  }
+
+  private async transaction<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    const c = await this.pool.connect();
+    let broken = false;
+    try {
+      await c.query('BEGIN');
+      await requireControlSchema(c);
+      const result = await fn(c);
+      await c.query('COMMIT');
+      return result;
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => {
+        broken = true;
+      });
+      throw err;
+    } finally {
+      c.release(broken);
+    }
+  }
+}
+
+async function findRow(c: pg.ClientBase, id: string, forUpdate: boolean): Promise<TenantRow> {
+  const { rows } = await c.query<TenantRow>(
+    `SELECT ${TENANT_COLUMNS} FROM pgtenant.tenants WHERE id = $1${forUpdate ? ' FOR UPDATE' : ''}`,
+    [id],
+  );
+  if (!rows[0]) throw new TenantError('tenant_not_found', `tenant '${id}' not found`);
+  return rows[0];
+}
+
+/** Delivered at COMMIT, so listeners never see a change that rolled back. */
+async function notify(c: pg.ClientBase, id: string): Promise<void> {
+  await c.query('SELECT pg_catalog.pg_notify($1, $2)', [TENANT_CHANNEL, id]);
+}

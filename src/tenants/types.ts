@@ -1,0 +1,40 @@
+// The tenant record as the proxy, the CLI and the admin API see it.
+
+/** The NOTIFY channel of tenant changes; the payload is the tenant id. */
+export const TENANT_CHANNEL = 'pgtenant_tenants';
+
+export type TenantState = 'active' | 'suspended';
+export type IsolationMode = 'role' | 'schema';
+
+export interface TenantRecord {
+  id: string;
+  schema: string;
+  /** The tenant's login role; null in schema isolation. */
+  role: string | null;
+  state: TenantState;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+/** A row of pgtenant.tenants as node-postgres returns it. */
+export interface TenantRow {
+  id: string;
+  schema_name: string;
+  role_name: string | null;
+  state: TenantState;
+  created_at: Date;
+  updated_at: Date;
+}
+
+export const TENANT_COLUMNS = 'id, schema_name, role_name, state, created_at, updated_at';
+
+export function toRecord(row: TenantRow): TenantRecord {
+  return {
+    id: row.id,
+    schema: row.schema_name,
+    role: row.role_name,
+    state: row.state,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+}
