@@ -1,5 +1,5 @@
 // The PostgreSQL under test (embedded or PGTENANT_BENCH_DATABASE_URL) and the benchmark tenant, created through the CLI.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -29,6 +29,8 @@ export async function startServer(repoRoot) {
     throw new Error(`cannot load ${modulePath} (run 'npm run build' first): ${err.message}`);
   }
   const tmp = mkdtempSync(join(tmpdir(), 'pgtenant-bench-'));
+  // As root the server runs as the 'postgres' user, which must be able to reach the data directory inside.
+  chmodSync(tmp, 0o755);
   onCleanup(() => rmSync(tmp, { recursive: true, force: true }));
   const server = await startEmbeddedPostgres({ dataDir: join(tmp, 'pgdata'), port: 0, persistent: false });
   onCleanup(() => server.stop());

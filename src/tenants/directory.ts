@@ -2,6 +2,7 @@
 import { EventEmitter } from 'node:events';
 import pg from 'pg';
 import { silentLogger, type Logger } from '../logger.js';
+import { TenantError } from './errors.js';
 import { isValidTenantId } from './ids.js';
 import { TENANT_CHANNEL, TENANT_COLUMNS, toRecord, type TenantRecord, type TenantRow } from './types.js';
 
@@ -88,8 +89,15 @@ export class TenantDirectory extends EventEmitter {
   }
 
   private async fetch(id: string): Promise<TenantRecord | null> {
-    const { rows } = await this.pool.query<TenantRow>(`SELECT ${TENANT_COLUMNS} FROM pgtenant.tenants WHERE id = $1`, [id]);
-    return rows[0] ? toRecord(rows[0]) : null;
+    try {
+      const { rows } = await this.pool.query<TenantRow>(`SELECT ${TENANT_COLUMNS} FROM pgtenant.tenants WHERE id = $1`, [id]);
+      return rows[0] ? toRecord(rows[0]) : null;
+    } catch (err) {
+      if (['42P01', '3F000'].includes((err as { code?: string }).code ?? '')) {
+        throw new TenantError('not_initialized', "control schema pgtenant is not installed in the upstream database: run 'pgtenant init'", { cause: err });
+      }
+      throw err;
+    }
   }
 
   private clear(): void {

@@ -1,0 +1,140 @@
+// `pgtenant init` and `pgtenant tenants ...` as a user runs them: the built CLI against a real server, exit codes and output.
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freshDatabase, runCli, uniqueTenantId, type TestDatabase } from '../support/db.js';
+
+let db: TestDatabase;
+const up = () => ['--upstream', db.url];
+const MIGRATIONS = ['--migrations-dir', 'examples/migrations'];
+
+beforeAll(async () => {
+  db = await freshDatabase();
+});
+
+afterAll(async () => {
+  await db?.drop();
+});
+
+/** stderr of a failed command: exactly one line, no stack trace. */
+function oneLine(stderr: string): string {
+  const lines = stderr.trimEnd().split('\n');
+  expect(lines, stderr).toHaveLength(1);
+  return lines[0]!;
+}
+
+describe('before init', () => {
+  it('tenants list fails with a hint to run init', async () => {
+    const r = await runCli(['tenants', 'list', ...up()]);
+    expect(r.code).toBe(1);
+    expect(oneLine(r.stderr)).toMatch(/pgtenant init/);
+  });
+});
+
+describe('init and the tenant lifecycle', () => {
+  const id = uniqueTenantId('cli');
+  const given = uniqueTenantId('given');
+  let password = '';
+
+  it('init installs the control schema and is idempotent', async () => {
+    for (let i = 0; i < 2; i++) {
+      const r = await runCli(['init', ...up()]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/control schema pgtenant is ready/);
+      expect(r.stdout).not.toContain(new URL(db.url).password);
+    }
+  });
+
+  it('create prints the generated password once, and the tenant can log in with it', async () => {
+    const r = await runCli(['tenants', 'create', id, ...up(), ...MIGRATIONS]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`created tenant ${id} .*2 migration`));
+    const m = /^password: (\S+)/m.exec(r.stdout);
+    expect(m).not.toBeNull();
+    password = m![1]!;
+    expect(r.stdout.split(password)).toHaveLength(2);
+    const u = new URL(db.url);
+    u.username = id;
+    u.password = encodeURIComponent(password);
+    const c = new pg.Client({ connectionString: u.toString() });
+    await c.connect();
+    const { rows } = await c.query('SELECT current_user AS u, current_schema() AS s, count(*)::int AS n FROM notes');
+    await c.end();
+    expect(rows[0]).toEqual({ u: id, s: id, n: 0 });
+  });
+
+  it('create with --password prints no password; PGTENANT_UPSTREAM works instead of the flag', async () => {
+    const r = await runCli(['tenants', 'create', given, '--password', 'a given password'], { PGTENANT_UPSTREAM: db.url });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).not.toMatch(/password:/);
+  });
+
+  it('create refuses a duplicate and an invalid id with exit 1 and one line', async () => {
+    const dup = await runCli(['tenants', 'create', id, ...up()]);
+    expect(dup.code).toBe(1);
+    expect(oneLine(dup.stderr)).toMatch(/already exists/);
+    const bad = await runCli(['tenants', 'create', 'Bad-Id', ...up()]);
+    expect(bad.code).toBe(1);
+    expect(oneLine(bad.stderr)).toMatch(/invalid tenant id/);
+  });
+
+  it('list --json and show --json print the records', async () => {
+    const r = await runCli(['tenants', 'list', '--json', ...up()]);
+    expect(r.code, r.stderr).toBe(0);
+    const list = JSON.parse(r.stdout) as { id: string; state: string; schema: string; role: string | null; createdAt: string }[];
+    expect(list.map((t) => t.id).sort()).toEqual([id, given].sort());
+    expect(list.find((t) => t.id === id)).toMatchObject({ id, schema: id, role: id, state: 'active' });
+    expect(Number.isNaN(Date.parse(list[0]!.createdAt))).toBe(false);
+
+    const show = await runCli(['tenants', 'show', id, '--json', ...up()]);
+    expect(show.code, show.stderr).toBe(0);
+    expect(JSON.parse(show.stdout)).toMatchObject({ id, state: 'active' });
+    const text = await runCli(['tenants', 'list', ...up()]);
+    expect(text.stdout).toMatch(new RegExp(`^${id}\\s+active\\s+${id}\\s+${id}\\s`, 'm'));
+  });
+
+  it('suspend and resume change the state', async () => {
+    const s = await runCli(['tenants', 'suspend', id, ...up()]);
+    expect(s.code, s.stderr).toBe(0);
+    expect(JSON.parse((await runCli(['tenants', 'show', id, '--json', ...up()])).stdout).state).toBe('suspended');
+    const r = await runCli(['tenants', 'resume', id, ...up()]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse((await runCli(['tenants', 'show', id, '--json', ...up()])).stdout).state).toBe('active');
+  });
+
+  it('drop needs --yes (exit 2), then removes the tenant; an unknown tenant is exit 1', async () => {
+    const refused = await runCli(['tenants', 'drop', id, ...up()]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/--yes/);
+    expect((await runCli(['tenants', 'show', id, ...up()])).code).toBe(0);
+
+    const dropped = await runCli(['tenants', 'drop', id, '--yes', ...up()]);
+    expect(dropped.code, dropped.stderr).toBe(0);
+    for (const args of [['show', id], ['suspend', id], ['drop', id, '--yes']]) {
+      const r = await runCli(['tenants', ...args, ...up()]);
+      expect(r.code).toBe(1);
+      expect(oneLine(r.stderr)).toBe(`pgtenant: tenant '${id}' not found`);
+    }
+  });
+});
+
+describe('bad setup', () => {
+  it('without an upstream is a usage error (exit 2)', async () => {
+    const r = await runCli(['tenants', 'list']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/upstream/);
+  });
+
+  it('an explicit --migrations-dir that does not exist fails create', async () => {
+    const r = await runCli(['tenants', 'create', uniqueTenantId('nomig'), ...up(), '--migrations-dir', 'no/such/folder']);
+    expect(r.code).toBe(1);
+    expect(oneLine(r.stderr)).toMatch(/no\/such\/folder/);
+  });
+
+  it('an unreachable upstream is one line naming it, without its password (exit 1)', async () => {
+    const r = await runCli(['init', '--upstream', 'postgres://postgres:hunter2-secret@127.0.0.1:1/postgres']);
+    expect(r.code).toBe(1);
+    const line = oneLine(r.stderr);
+    expect(line).toMatch(/cannot connect to upstream postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:1\/postgres/);
+    expect(line).not.toContain('hunter2');
+  });
+});
