@@ -7,7 +7,7 @@ import pg from 'pg';
 import { findExecutable, initTables, runSelectOnly } from './lib/pgbench.mjs';
 import { ensurePgbouncer, pgbouncerVersion, startPgbouncer } from './lib/pgbouncer.mjs';
 import { startProxy } from './lib/pgtenant.mjs';
-import { cleanup, installExitHandlers, runCommand } from './lib/processes.mjs';
+import { cleanup, installExitHandlers, isStopping, runCommand } from './lib/processes.mjs';
 import { formatTable, ratio, writeJson } from './lib/report.mjs';
 import { createTenant, describeUrl, startServer } from './lib/server.mjs';
 
@@ -76,12 +76,14 @@ async function measure(pgbench, conn, targets, seconds) {
     const row = { workload: `select-only ${w.mode}`, mode: w.mode, clients: w.clients, threads: w.threads, targets: {} };
     for (const name of TARGETS) {
       const target = targets[name];
+      if (isStopping()) throw new Error('stopped before the runs finished');
       if (!target) continue;
       try {
         const r = await runSelectOnly(pgbench, { ...conn, port: target.port }, { ...w, seconds });
         row.targets[name] = r;
         log(`  ${row.workload.padEnd(20)} c=${String(w.clients).padStart(2)}  ${name.padEnd(9)}  ${r.tps.toFixed(0).padStart(7)} tps  ${r.latencyMs.toFixed(3)} ms`);
       } catch (err) {
+        if (isStopping()) throw err;
         const died = target.child && target.child.exitCode !== null ? `\n${name} exited; its output:\n${target.child.output.text.trim()}` : '';
         row.targets[name] = { error: err.message + died };
         log(`  ${row.workload.padEnd(20)} c=${String(w.clients).padStart(2)}  ${name.padEnd(9)}  FAILED: ${err.message}${died}`);

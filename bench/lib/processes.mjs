@@ -23,8 +23,14 @@ function tailBuffer(limit = 8192) {
   };
 }
 
+/** True once cleanup has begun: nothing new may start, and the run loop stops. */
+export function isStopping() {
+  return cleaning !== undefined;
+}
+
 /** Spawns a long-running child that cleanup stops; `output` keeps the tail of its stdout and stderr. */
 export function startChild(cmd, args, options = {}) {
+  if (isStopping()) throw new Error('the benchmark is stopping');
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
   const output = tailBuffer();
   child.stdout.on('data', (c) => output.push(c));
