@@ -148,7 +148,7 @@ let code = 1;
 try {
   code = await main();
 } catch (err) {
-  process.stderr.write(`bench: ${err.message}\n`);
+  if (!isStopping()) process.stderr.write(`bench: ${err.message}\n`);
 } finally {
   await cleanup();
 }

@@ -2,7 +2,7 @@
 import { execFileSync } from 'node:child_process';
 import { runCommand } from './processes.mjs';
 
-/** Path of pgbench on PATH, or null. */
+/** Path of an executable on PATH, or null. */
 export function findExecutable(name) {
   try {
     return execFileSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' }).trim() || null;

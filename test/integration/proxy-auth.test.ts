@@ -92,6 +92,20 @@ describe('passwords (SCRAM-SHA-256, the default)', () => {
     }
   });
 
+  it('roles that are not tenants cannot log in, even with their right password', async () => {
+    // The management identity (here the superuser) never gets a client session in role isolation.
+    const su = await rejection(connectAs(fx.superuser.user, fx.superuser.password));
+    expect(su.code).toBe('28P01');
+    const plain = uniqueTenantId('plainrole');
+    await fx.admin.query(`CREATE ROLE "${plain}" LOGIN PASSWORD '${PASSWORD}'`);
+    try {
+      const err = await rejection(connectAs(plain, PASSWORD));
+      expect(shape(err, plain)).toEqual(shape(await rejection(connectAs(tenant, 'wrong-password-000')), tenant));
+    } finally {
+      await fx.admin.query(`DROP ROLE "${plain}"`);
+    }
+  });
+
   it('keeps serving after many refusals', async () => {
     await Promise.all(Array.from({ length: 10 }, (_, i) => rejection(connectAs(i % 2 ? tenant : 'nobody_here', 'bad-password-1'))));
     const c = await connectAs(tenant, PASSWORD);
@@ -128,6 +142,35 @@ describe('suspended and dropped tenants', () => {
     const { error } = await ended;
     if (error) expect(error.code).toMatch(/^57P01$|^08006$/);
     expect((await rejection(connectAs(tenant, PASSWORD))).code).toBe('28P01');
+  });
+
+  /**
+   * Connects with a password callback, which pg calls when the challenge arrives, and holds the answer back
+   * until `meanwhile` (a suspend) has run and the proxies have had time to hear its NOTIFY.
+   */
+  async function connectAcross(t: string, password: string, meanwhile: () => Promise<unknown>) {
+    return rejection(
+      connectAs(t, password, {
+        password: async () => {
+          await meanwhile();
+          await new Promise((r) => setTimeout(r, 500));
+          return password;
+        },
+      }),
+    );
+  }
+
+  it('a tenant suspended while a client is still authenticating: right password gets 57P03', async () => {
+    const tenant = await newTenant('suspra');
+    const err = await connectAcross(tenant, PASSWORD, () => fx.tenants.suspend(tenant));
+    expect({ code: err.code, message: err.message }).toMatchObject({ code: '57P03' });
+  });
+
+  it('a tenant suspended while a client is still authenticating: wrong password gets the usual 28P01, nothing about the tenant', async () => {
+    const tenant = await newTenant('susprw');
+    const wrong = await rejection(connectAs(tenant, 'wrong-password-000'));
+    const err = await connectAcross(tenant, 'wrong-password-000', () => fx.tenants.suspend(tenant));
+    expect(shape(err, tenant)).toEqual(shape(wrong, tenant));
   });
 
   it('disconnectTenant ends exactly that tenant\'s sessions with 57P01', async () => {

@@ -224,3 +224,51 @@ describe('encryption requests without a certificate', () => {
     });
   });
 });
+
+describe('leaving halfway', () => {
+  it('a client that leaves during authentication leaves no session or backend behind', async () => {
+    const before = proxy.server.sessions().size;
+    await Promise.all(
+      Array.from({ length: 5 }, () =>
+        rawExchange(proxy.port, [startupMessage({ user: tenant, database: fx.db.name })], {
+          until: (d) => parseMessages(d).messages.some((m) => m.type === 'R'),
+        }),
+      ),
+    );
+    for (let i = 0; i < 40 && proxy.server.sessions().size > before; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(proxy.server.sessions().size).toBe(before);
+    expect(proxy.server.pool.active().get(tenant) ?? 0).toBe(0);
+    await expectProxyServes();
+  });
+});
+
+describe('protocol version negotiation', () => {
+  /** A StartupMessage with a chosen minor version. */
+  const startupWithMinor = (minor: number, params: Record<string, string>) => {
+    const p = startupMessage(params);
+    p.writeInt32BE((3 << 16) | minor, 4);
+    return p;
+  };
+  const untilChallenge = (d: Buffer) => parseMessages(d).messages.some((m) => m.type === 'R' || m.type === 'E');
+
+  it('a 3.2 startup gets NegotiateProtocolVersion (3.0) and then its password challenge', async () => {
+    const reply = await rawExchange(proxy.port, [startupWithMinor(2, { user: tenant, database: fx.db.name })], { until: untilChallenge });
+    const { messages } = parseMessages(reply.data);
+    expect(messages.map((m) => m.type)).toEqual(['v', 'R']);
+    expect(messages[0]!.body.readInt32BE(0)).toBe(3 << 16);
+    expect(messages[0]!.body.readInt32BE(4)).toBe(0);
+    expect(messages[1]!.body.readInt32BE(0)).toBe(10);
+  });
+
+  it('an unknown _pq_ protocol option is named in NegotiateProtocolVersion and the startup goes on', async () => {
+    const reply = await rawExchange(proxy.port, [startupMessage({ user: tenant, database: fx.db.name, '_pq_.test_option': '1' })], {
+      until: untilChallenge,
+    });
+    const { messages } = parseMessages(reply.data);
+    const errors = messages.filter((m) => m.type === 'E').map((m) => errorFields(m.body));
+    expect(errors).toEqual([]);
+    expect(messages.map((m) => m.type)).toEqual(['v', 'R']);
+    expect(messages[0]!.body.readInt32BE(4)).toBe(1);
+    expect(messages[0]!.body.toString('utf8', 8)).toBe('_pq_.test_option\0');
+  });
+});

@@ -141,6 +141,24 @@ describe.runIf(hasBinary('psql'))(titleNeeding('psql as acme and globex', 'psql'
   });
 });
 
+describe('many sessions at once', () => {
+  it('30 concurrent pg sessions, alternating acme and globex, each see only their own tenant', async () => {
+    const results = await Promise.all(
+      Array.from({ length: 30 }, async (_, i) => {
+        const t = TENANTS[i % 2]!;
+        const c = await connectPg(pgConfig(t));
+        try {
+          const { rows } = await c.query('SELECT current_user AS usr, current_schema() AS sch, (SELECT array_agg(DISTINCT tenant) FROM notes) AS seen');
+          return { t, ...rows[0] };
+        } finally {
+          await c.end();
+        }
+      }),
+    );
+    for (const r of results) expect(r).toEqual({ t: r.t, usr: r.t, sch: r.t, seen: [r.t] });
+  });
+});
+
 /** One way to run SQL as a session: rows as JSON text, or the SQLSTATE it failed with. */
 interface Session {
   query(sql: string): Promise<{ rows: Record<string, unknown>[] } | { code: string }>;

@@ -30,7 +30,7 @@ export const demoCommand: Command = {
     y
       .option('data-dir', { type: 'string', default: '.pgtenant/demo', describe: 'Where the embedded PostgreSQL keeps its data' })
       .option('port', { type: 'number', default: 6432, describe: 'Proxy port' })
-      .option('admin-port', { type: 'number', default: 6480, describe: 'Admin API port' }),
+      .option('admin-port', { type: 'number', default: 6480, describe: 'Admin API port (the admin API is not part of this version yet)' }),
   async run(args, { log, out, stopped, config: base }) {
     const dataDir = resolve(String(args.dataDir));
     await mkdir(dirname(dataDir), { recursive: true });

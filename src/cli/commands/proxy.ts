@@ -12,6 +12,7 @@ export const proxyCommand: Command = {
     if (config.poolMode === 'transaction') {
       throw new ConfigError('--pool-mode transaction is not available yet: it needs proxy-side authentication (run in session mode)');
     }
+    if (config.adminListen) log.info('the admin HTTP API is not part of this version yet; --admin-listen is ignored');
     const server = await startProxy({ config, log });
     const signal = await stopped;
     log.info({ signal }, 'stop requested');
