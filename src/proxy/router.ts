@@ -58,7 +58,8 @@ export function backendStartupParameters(
   const database = client.get('database');
   if (database) out.set('database', database);
   for (const [name, value] of client) {
-    if (NON_SETTING_PARAMETERS.has(name) || PROTECTED_SETTINGS.has(name.toLowerCase())) continue;
+    // Protocol extensions (_pq_.*) are negotiated with the client by the proxy; the backend speaks plain 3.0.
+    if (NON_SETTING_PARAMETERS.has(name) || PROTECTED_SETTINGS.has(name.toLowerCase()) || name.startsWith('_pq_.')) continue;
     out.set(name, value);
   }
   let options: Array<{ name: string; value: string }> = [];

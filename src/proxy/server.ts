@@ -82,7 +82,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     let n = 0;
     for (const s of live) {
       if (s.tenant !== id) continue;
-      s.terminate(adminShutdown(`terminating connection: ${reason}`));
+      s.revoke(adminShutdown(`terminating connection: ${reason}`));
       n++;
     }
     return n;

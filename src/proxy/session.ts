@@ -61,6 +61,8 @@ export class Session {
   private proxyKey: CancelKey | null = null;
   private relay: Relay | null = null;
   private encrypted = false;
+  /** Set when the tenant changed while this session was still logging in; checked before relaying. */
+  private revoked: PgError | null = null;
   log: Logger;
 
   constructor(
@@ -205,10 +207,12 @@ export class Session {
       connectBackend(target, encodeStartupMessage(backendParams), config.connectTimeout),
     );
     await relayAuthentication(this.client, this.backend, this.writer);
-    // The password is proven: now it is safe to say what is wrong with the tenant.
-    if (!record) throw invalidAuthorization(`tenant "${identity.tenantId}" does not exist`);
-    if (record.state !== 'active') {
-      throw cannotConnectNow(`tenant "${record.id}" is suspended`, 'Ask the operator to resume the tenant.');
+    // The password is proven: now it is safe to say what is wrong with the tenant. Look again, since
+    // a suspend or drop may have landed while the client was answering the challenge.
+    const current = record && (await tenants.lookup(identity.tenantId));
+    if (!current) throw invalidAuthorization(`tenant "${identity.tenantId}" does not exist`);
+    if (current.state !== 'active') {
+      throw cannotConnectNow(`tenant "${current.id}" is suspended`, 'Ask the operator to resume the tenant.');
     }
     this.client.write(this.writer.authenticationOk().flush());
     await this.finishStartup();
@@ -243,6 +247,7 @@ export class Session {
   }
 
   private async relayUntilDone(): Promise<Outcome> {
+    if (this.revoked) throw this.revoked;
     this.transition(SessionState.Relaying);
     const backend = this.backend!;
     backend.detach();
@@ -252,7 +257,13 @@ export class Session {
     return this.relay.done;
   }
 
-  /** Ends the session from outside (shutdown, tenant suspended or dropped). */
+  /** The tenant was suspended or dropped: a relaying session ends now, one still logging in before it relays. */
+  revoke(err: PgError): void {
+    if (this.state === SessionState.Relaying) this.terminate(err);
+    else this.revoked ??= err;
+  }
+
+  /** Ends the session from outside, whatever its state (shutdown, admin disconnect). */
   terminate(err: PgError = adminShutdown()): void {
     if (this.relay) this.relay.end('server_closed', errorResponseFor(err));
     else this.client.refuse(err);

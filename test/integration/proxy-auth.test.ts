@@ -1,11 +1,10 @@
-// Authentication through the proxy: SCRAM and MD5 relayed to Postgres, uniform refusals, suspended and dropped tenants, schema isolation.
+// Authentication through the proxy: SCRAM and MD5 relayed to Postgres, uniform refusals, suspended and dropped tenants.
 import { constants } from 'node:fs';
 import { access, readFile, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import pg from 'pg';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { TenantService } from '../../src/tenants/service.js';
 import { uniqueTenantId } from '../support/db.js';
 import {
   connectPg,
@@ -264,65 +263,6 @@ describe.runIf(hbaFile)(md5Title, () => {
     expect([...(await sql`SELECT current_user AS u`)]).toEqual([{ u: tenant }]);
     await sql.end({ timeout: 5 });
     expect((await rejection(connectAs(tenant, 'wrong-password-000'))).code).toBe('28P01');
-  });
-});
-
-describe('schema isolation', () => {
-  let schemaProxy: TestProxy;
-  let service: TenantService;
-  let t1: string;
-  let t2: string;
-
-  beforeAll(async () => {
-    schemaProxy = await fx.startProxy({ isolation: 'schema' });
-    service = new TenantService(fx.admin, { isolation: 'schema', migrationsDir: null });
-    t1 = uniqueTenantId('sch');
-    t2 = uniqueTenantId('sch');
-    await service.create(t1);
-    await service.create(t2);
-  });
-
-  const su = () => fx.superuser;
-  const viaSchemaProxy = (user: string, password: string, extra: Partial<pg.ClientConfig> = {}) =>
-    connectPg({ ...schemaProxy.clientConfig(user, password), ...extra });
-
-  it('user <login>.<tenant> lands in the tenant schema', async () => {
-    for (const t of [t1, t2]) {
-      const c = await viaSchemaProxy(`${su().user}.${t}`, su().password);
-      expect((await c.query('SELECT current_schema() AS s, current_user AS u')).rows).toEqual([{ s: t, u: su().user }]);
-      await c.end();
-    }
-  });
-
-  it('application_name=<tenant> lands in the tenant schema', async () => {
-    const c = await viaSchemaProxy(su().user, su().password, { application_name: t2 });
-    expect((await c.query('SELECT current_schema() AS s')).rows).toEqual([{ s: t2 }]);
-    await c.end();
-    const sql = postgres(schemaProxy.url(su().user, su().password), {
-      max: 1,
-      ssl: false,
-      connect_timeout: 5,
-      connection: { application_name: t1 },
-    });
-    expect([...(await sql`SELECT current_schema() AS s`)]).toEqual([{ s: t1 }]);
-    await sql.end({ timeout: 5 });
-  });
-
-  it('refuses a wrong password (28P01), an unknown tenant (28000) and a startup packet without a tenant (28000)', async () => {
-    expect((await rejection(viaSchemaProxy(`${su().user}.${t1}`, 'wrong-password-000'))).code).toBe('28P01');
-    const unknown = await rejection(viaSchemaProxy(`${su().user}.nosuch_tenant`, su().password));
-    expect(unknown.code).toBe('28000');
-    expect(unknown.message).toContain('nosuch_tenant');
-    expect((await rejection(viaSchemaProxy(su().user, su().password))).code).toBe('28000');
-  });
-
-  it('a suspended schema tenant is refused with 57P03', async () => {
-    const t = uniqueTenantId('schs');
-    await service.create(t);
-    await service.suspend(t);
-    // Never looked up before, so nothing stale can be cached.
-    const err = await rejection(viaSchemaProxy(`${su().user}.${t}`, su().password));
-    expect(err.code).toBe('57P03');
   });
 });
 

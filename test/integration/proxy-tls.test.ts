@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { uniqueTenantId } from '../support/db.js';
 import {
   SSL_REQUEST,
+  cancelRequest,
   connectPg,
   errorFields,
   hasBinary,
@@ -164,6 +165,33 @@ describe.runIf(haveOpenssl)(titleNeeding('client TLS', 'openssl'), () => {
     secure.destroy();
     expect(messages[0]?.type).toBe('R');
     expect(messages[0]?.body.readInt32BE(0)).toBe(10);
+  });
+
+  it('a CancelRequest sent inside TLS cancels the query of a TLS session', async () => {
+    const c = await tlsClient(allow);
+    try {
+      const { processID, secretKey } = c as unknown as { processID: number; secretKey: number };
+      const query = c.query('SELECT pg_catalog.pg_sleep(30)').then(
+        () => null,
+        (e: { code?: string }) => e.code,
+      );
+      // The cancel must not arrive before the query runs.
+      for (let i = 0; i < 100; i++) {
+        const { rows } = await fx.admin.query(
+          "SELECT 1 FROM pg_catalog.pg_stat_activity WHERE usename = $1 AND state = 'active' AND query LIKE '%pg_sleep(30)%'",
+          [tenant],
+        );
+        if (rows.length > 0) break;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const secure = await rawTls(allow);
+      const closed = drain(secure);
+      secure.write(cancelRequest(processID, secretKey));
+      expect((await closed).data.length).toBe(0);
+      expect(await Promise.race([query, new Promise((r) => setTimeout(() => r('still running'), 2000))])).toBe('57014');
+    } finally {
+      await c.end();
+    }
   });
 
   it('a client that answers S with garbage instead of a TLS handshake is dropped, and others still connect', async () => {

@@ -78,6 +78,11 @@ describe('backendStartupParameters', () => {
     expect(out.get('options')).toBe('-c search_path="acme"');
   });
 
+  it('drops protocol extension parameters (_pq_.*): the backend speaks plain 3.0', () => {
+    const out = backendStartupParameters(params({ user: 'acme', '_pq_.compression': 'on' }), 'acme', 'acme');
+    expect([...out.keys()].sort()).toEqual(['options', 'user']);
+  });
+
   it('drops replication, and the original user name', () => {
     const out = backendStartupParameters(params({ user: 'app.acme', replication: 'false' }), 'app', 'acme');
     expect(out.has('replication')).toBe(false);
