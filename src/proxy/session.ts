@@ -265,7 +265,11 @@ export class Session {
 
   /** Ends the session from outside, whatever its state (shutdown, admin disconnect). */
   terminate(err: PgError = adminShutdown()): void {
-    if (this.relay) this.relay.end('server_closed', errorResponseFor(err));
+    if (this.relay) {
+      // A closed socket stops a backend only when it next writes: cancel the running query too.
+      this.cancel();
+      this.relay.end('server_closed', errorResponseFor(err));
+    }
     else this.client.refuse(err);
   }
 

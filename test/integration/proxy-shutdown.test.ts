@@ -91,4 +91,15 @@ describe('close(graceMs)', () => {
     expect(error?.code).toBe('57P01');
     expect(Date.now() - start).toBeLessThan(2000);
   });
+
+  it('a query still running when the grace ends is cancelled on the server, not left to run', async () => {
+    const proxy = await fx.startProxy();
+    const c = await connectPg(proxy.clientConfig(tenant, PASSWORD));
+    c.on('error', () => {});
+    const query = c.query('SELECT pg_catalog.pg_sleep(30)').catch((err: { code?: string }) => err);
+    await sleep(200);
+    await proxy.server.close(0);
+    await query;
+    expect(await tenantBackendsAfterSettling()).toBe(0);
+  });
 });

@@ -3,6 +3,7 @@ import type { BackendMessage } from 'pg-protocol/dist/messages.js';
 import { PgError, protocolViolation } from '../errors.js';
 import type { ClientConnection } from '../client.js';
 import { Frontend } from '../protocol/constants.js';
+import { parseSASLInitialResponse } from '../protocol/frontend.js';
 import type { BackendWriter } from '../protocol/writer.js';
 import type { BackendConnection } from '../upstream.js';
 
@@ -14,6 +15,15 @@ export function backendError(m: BackendMessage): PgError {
   const severity = e.severity === 'ERROR' ? 'ERROR' : 'FATAL';
   return new PgError(e.code ?? '08006', e.message ?? 'upstream error', severity, e.detail, e.hint);
 }
+
+const channelBindingUnavailable = () =>
+  new PgError(
+    '0A000',
+    'SCRAM channel binding cannot pass through pgtenant while its own upstream connection uses TLS',
+    'FATAL',
+    undefined,
+    'Connect with channel_binding=disable (TLS to the proxy still protects the password exchange).',
+  );
 
 function frame(type: number, body: Buffer): Buffer {
   const out = Buffer.allocUnsafe(5 + body.length);
@@ -40,10 +50,17 @@ const challenges: Partial<Record<string, (m: Sasl, c: ClientConnection, b: Backe
   },
   authenticationSASL: async (m, c, b, w) => {
     // Channel binding would bind to the proxy's TLS session, not the server's: offer only the plain mechanisms.
-    const mechanisms = (m.mechanisms ?? []).filter((x) => !x.endsWith('-PLUS'));
+    const offered = m.mechanisms ?? [];
+    const mechanisms = offered.filter((x) => !x.endsWith('-PLUS'));
     if (mechanisms.length === 0) throw protocolViolation('the upstream server offers only channel-bound SASL mechanisms');
     c.write(w.authenticationSASL(mechanisms).flush());
-    await forwardClientReply(c, b, 'SASLInitialResponse');
+    const reply = await c.readMessage(Frontend.PasswordMessage, 'SASLInitialResponse');
+    // A TLS client that supports binding says so ("y") inside the signed exchange; a server that offered
+    // -PLUS takes that as a downgrade attack. Say what to do instead of letting it fail obscurely.
+    if (offered.length > mechanisms.length && parseSASLInitialResponse(reply.body).response?.[0] === 0x79) {
+      throw channelBindingUnavailable();
+    }
+    b.send(frame(reply.type, reply.body));
   },
   authenticationSASLContinue: async (m, c, b, w) => {
     c.write(w.authenticationSASLContinue(Buffer.from(m.data ?? '', 'utf8')).flush());
