@@ -167,3 +167,14 @@ export function requireUpstream(config: Config): string {
   if (!config.upstream) throw new ConfigError('no upstream: pass --upstream URL, or set PGTENANT_UPSTREAM or DATABASE_URL');
   return config.upstream;
 }
+
+/** The URL without its password, for messages and logs. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '(unparsable upstream URL)';
+  }
+}

@@ -1,19 +1,8 @@
 // Opens a pg.Pool on the upstream (management) URL for one CLI command, and always closes it.
 import { existsSync } from 'node:fs';
 import pg from 'pg';
-import { OPTIONS, requireUpstream, type Config } from '../config.js';
+import { OPTIONS, redactUrl, requireUpstream, type Config } from '../config.js';
 import type { Logger } from '../logger.js';
-
-/** The URL with its password masked, for messages. */
-export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return '(unparsable upstream URL)';
-  }
-}
 
 function describe(err: unknown): string {
   const e = err as { message?: string; code?: string; errors?: { message?: string }[] };

@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
-import type { Config } from '../config.js';
+import { redactUrl, type Config } from '../config.js';
 import type { Logger } from '../logger.js';
 import { TenantDirectory } from '../tenants/directory.js';
 import { CancelRegistry } from './cancel.js';
@@ -41,7 +41,9 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   let directory: TenantDirectory | null = null;
   if (!opts.tenants) {
     directory = new TenantDirectory({ connectionString: config.upstream, ttlMs: config.tenantCacheTtl, log });
-    await directory.start();
+    await directory.start().catch((err: Error) => {
+      throw new Error(`cannot reach the upstream ${redactUrl(config.upstream!)}: ${err.message || String(err)}`, { cause: err });
+    });
   }
   const tenants: TenantLookup = opts.tenants ?? directory!;
   const pool = new DedicatedPool();

@@ -19,7 +19,12 @@ export interface UpstreamTarget {
 
 /** Where backends live, read from the upstream URL (credentials there are for management only). */
 export function upstreamTarget(url: string): UpstreamTarget {
-  const u = new URL(url);
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new Error('the upstream URL is not a valid postgres:// URL');
+  }
   const hostParam = u.searchParams.get('host');
   const host = hostParam ?? (decodeURIComponent(u.hostname).replace(/^\[|\]$/g, '') || 'localhost');
   const port = Number(u.searchParams.get('port') ?? (u.port || 5432));

@@ -1,8 +1,8 @@
 // `pgtenant init`: installs or upgrades the control schema in the upstream database.
 import { EXIT_OK, type Command } from '../command.js';
 import { installControlSchema, CONTROL_SCHEMA_VERSION } from '../../tenants/control-schema.js';
-import { redactUrl, withUpstream } from '../upstream.js';
-import { requireUpstream } from '../../config.js';
+import { withUpstream } from '../upstream.js';
+import { redactUrl, requireUpstream } from '../../config.js';
 
 export const initCommand: Command = {
   command: 'init',
