@@ -187,7 +187,7 @@ export class Session {
 
   private async authenticate(startup: Extract<StartupPacket, { kind: 'StartupMessage' }>): Promise<void> {
     this.transition(SessionState.Authenticating);
-    const { config, tenants, pool, target } = this.deps;
+    const { config, pool, target } = this.deps;
     const params = startup.parameters;
     const protocolExtensions = [...params.keys()].filter((k) => k.startsWith('_pq_.'));
     if (startup.minorVersion > 0 || protocolExtensions.length > 0) {
@@ -197,7 +197,7 @@ export class Session {
     const identity = identify(params, config.isolation);
     this.tenant = identity.tenantId;
     this.log = this.log.child({ tenant: identity.tenantId });
-    const record = await tenants.lookup(identity.tenantId);
+    const record = await this.lookupTenant(identity.tenantId);
     const loginRole = identity.loginRole ?? record?.role ?? null;
     // Unknown tenants go through the same challenge as known ones: nothing tells them apart before the password.
     if (!loginRole) await mockAuthentication(this.client, user, this.writer);
@@ -209,13 +209,23 @@ export class Session {
     await relayAuthentication(this.client, this.backend, this.writer);
     // The password is proven: now it is safe to say what is wrong with the tenant. Look again, since
     // a suspend or drop may have landed while the client was answering the challenge.
-    const current = record && (await tenants.lookup(identity.tenantId));
+    const current = record && (await this.lookupTenant(identity.tenantId));
     if (!current) throw invalidAuthorization(`tenant "${identity.tenantId}" does not exist`);
     if (current.state !== 'active') {
       throw cannotConnectNow(`tenant "${current.id}" is suspended`, 'Ask the operator to resume the tenant.');
     }
     this.client.write(this.writer.authenticationOk().flush());
     await this.finishStartup();
+  }
+
+  /** A failed lookup says nothing about the tenant: it is the proxy that cannot reach its control schema. */
+  private async lookupTenant(id: string): Promise<TenantRecord | null> {
+    try {
+      return await this.deps.tenants.lookup(id);
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'tenant lookup failed');
+      throw cannotConnectNow('pgtenant cannot read its tenant registry right now', 'Try again shortly.');
+    }
   }
 
   /** Forwards ParameterStatus and notices, swaps in the proxy's BackendKeyData, ends at ReadyForQuery. */
