@@ -2,12 +2,12 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 
-type Kind = 'string' | 'number' | 'boolean';
+type Kind = 'string' | 'number';
 
 interface OptionSpec {
   kind: Kind;
   describe: string;
-  default?: string | number | boolean;
+  default?: string | number;
   choices?: readonly string[];
 }
 
@@ -92,14 +92,12 @@ export function readConfigFile(path: string): Record<string, unknown> {
   return data as Record<string, unknown>;
 }
 
-function coerce(name: OptionName, raw: unknown, source: string): string | number | boolean {
+function coerce(name: OptionName, raw: unknown, source: string): string | number {
   const spec: OptionSpec = OPTIONS[name];
-  let value: string | number | boolean;
+  let value: string | number;
   if (spec.kind === 'number') {
     value = typeof raw === 'number' ? raw : Number(String(raw).trim());
     if (!Number.isFinite(value) || value < 0) throw new ConfigError(`${source}: expected a non-negative number, got '${String(raw)}'`);
-  } else if (spec.kind === 'boolean') {
-    value = raw === true || raw === 'true' || raw === '1';
   } else {
     if (typeof raw !== 'string' && typeof raw !== 'number') throw new ConfigError(`${source}: expected a string`);
     value = String(raw);
@@ -125,7 +123,7 @@ export function resolveConfig(sources: ConfigSources): Config {
   for (const key of Object.keys(file)) {
     if (!(key in OPTIONS) && key !== 'config') throw new ConfigError(`--config: unknown option '${key}'`);
   }
-  const merged: Partial<Record<OptionName, string | number | boolean>> = {};
+  const merged: Partial<Record<OptionName, string | number>> = {};
   for (const name of Object.keys(OPTIONS) as OptionName[]) {
     const spec: OptionSpec = OPTIONS[name];
     const flag = sources.flags?.[name];

@@ -1,11 +1,12 @@
 // A client socket during the startup phase: whole packets and messages on demand, and the one path errors leave by.
 import type net from 'node:net';
-import { PgError, protocolViolation } from './errors.js';
+import { type PgError, protocolViolation } from './errors.js';
 import { MessageReader } from './protocol/reader.js';
 import { errorResponseFor } from './protocol/writer.js';
+import { endGracefully } from './relay.js';
 
 type Wanted = 'startup' | 'message';
-type TypedMessage = { type: number; body: Buffer };
+type TypedMessage = { type: number; body: Buffer; frame: Buffer };
 
 /** Raised when the client went away: nothing is sent back. */
 export class ClientGone extends Error {
@@ -100,8 +101,7 @@ export class ClientConnection {
     if (this.socket.destroyed) return;
     const buf = errorResponseFor(err);
     this.bytesOut += buf.length;
-    this.socket.end(buf);
-    setTimeout(() => this.socket.destroy(), 1000).unref();
+    endGracefully(this.socket, buf);
   }
 
   close(): void {
@@ -109,8 +109,4 @@ export class ClientConnection {
     this.fail(new ClientGone('closed by the proxy'));
     this.socket.destroy();
   }
-}
-
-export function isPgError(err: unknown): err is PgError {
-  return err instanceof PgError;
 }

@@ -22,4 +22,3 @@ export const cannotConnectNow = (message: string, hint?: string) => new PgError(
 export const adminShutdown = (message = 'terminating connection due to administrator command') => new PgError('57P01', message);
 export const connectionFailure = (message: string) => new PgError('08006', message);
 export const featureNotSupported = (message: string) => new PgError('0A000', message);
-export const tooManyConnections = (message: string) => new PgError('53300', message);

@@ -2,6 +2,14 @@
 import type net from 'node:net';
 import { HeaderScanner } from './protocol/scanner.js';
 
+/** Flushes what was written (plus `last`), then closes; a peer that never reads is cut after a second. */
+export function endGracefully(socket: net.Socket, last?: Buffer): void {
+  if (socket.destroyed) return;
+  if (last) socket.end(last);
+  else socket.end();
+  setTimeout(() => socket.destroy(), 1000).unref();
+}
+
 export interface RelayStats {
   bytesIn: number;
   bytesOut: number;
@@ -65,20 +73,14 @@ export class Relay {
   end(why: RelayEnd, lastWords?: Buffer): void {
     if (this.ended) return;
     this.ended = why;
-    if (lastWords && !this.client.destroyed && this.serverAtBoundary) {
-      this.client.end(lastWords);
-      setTimeout(() => this.client.destroy(), 1000).unref();
-    } else if (why === 'server_closed' || why === 'client_protocol_violation' || why === 'server_protocol_violation') {
-      this.client.end();
-      setTimeout(() => this.client.destroy(), 1000).unref();
-    } else {
-      this.client.destroy();
-    }
-    // A client that said Terminate has had its last bytes written to the server: let them flush.
     if (why === 'client_closed') {
-      this.server.end();
-      setTimeout(() => this.server.destroy(), 1000).unref();
-    } else this.server.destroy();
+      this.client.destroy();
+      // A client that said Terminate has had its last bytes written to the server: let them flush.
+      endGracefully(this.server);
+    } else {
+      endGracefully(this.client, lastWords && this.serverAtBoundary ? lastWords : undefined);
+      this.server.destroy();
+    }
     this.finish(why);
   }
 }

@@ -14,8 +14,8 @@ import { upstreamTarget } from './upstream.js';
 export interface ProxyServer {
   readonly address: { host: string; port: number };
   readonly pool: BackendPool;
-  /** Live sessions (for the admin API and tests). */
-  sessions(): ReadonlySet<Session>;
+  /** Live sessions, each with the promise of its end (for the admin API and tests). */
+  sessions(): ReadonlyMap<Session, Promise<unknown>>;
   /** Ends every session of a tenant with a FATAL the client can read. */
   disconnectTenant(id: string, reason: string): number;
   /** Stops accepting, lets sessions finish for up to `graceMs`, then ends the rest. */
@@ -32,6 +32,14 @@ export interface ProxyOptions {
 function loadSecureContext(config: Config): tls.SecureContext | null {
   if (!config.tlsCert || !config.tlsKey) return null;
   return tls.createSecureContext({ cert: readFileSync(config.tlsCert), key: readFileSync(config.tlsKey) });
+}
+
+/** Resolves when every live session has ended, or after `ms`, whichever is first. */
+async function allEndedWithin(live: ReadonlyMap<Session, Promise<unknown>>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
+  await Promise.race([Promise.all(live.values()), timeout]);
+  clearTimeout(timer);
 }
 
 export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
@@ -59,14 +67,13 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   if (config.isolation === 'schema') {
     log.warn('isolation mode "schema" is a convenience, not a security boundary: all tenants share one login role');
   }
-  const live = new Set<Session>();
+  const live = new Map<Session, Promise<unknown>>();
   let counter = 0;
 
   const server = net.createServer({ noDelay: true }, (socket) => {
     socket.setKeepAlive(true, 60_000);
     const session = new Session(socket, `${process.pid.toString(36)}.${(++counter).toString(36)}`, deps);
-    live.add(session);
-    void session.run().finally(() => live.delete(session));
+    live.set(session, session.run().finally(() => live.delete(session)));
   });
   server.on('error', (err) => log.error({ err }, 'listener error'));
   await new Promise<void>((resolve, reject) => {
@@ -82,7 +89,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
 
   const disconnectTenant = (id: string, reason: string): number => {
     let n = 0;
-    for (const s of live) {
+    for (const s of live.keys()) {
       if (s.tenant !== id) continue;
       s.revoke(adminShutdown(`terminating connection: ${reason}`));
       n++;
@@ -105,11 +112,9 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     closing ??= (async () => {
       log.info({ sessions: live.size, graceMs }, 'shutting down: no new connections');
       server.close();
-      const deadline = Date.now() + graceMs;
-      while (live.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      for (const s of live) s.terminate(adminShutdown());
-      const hard = Date.now() + 2000;
-      while (live.size > 0 && Date.now() < hard) await new Promise((r) => setTimeout(r, 20));
+      await allEndedWithin(live, graceMs);
+      for (const s of live.keys()) s.terminate(adminShutdown());
+      await allEndedWithin(live, 2000);
       await directory?.close();
       log.info('proxy stopped');
     })();

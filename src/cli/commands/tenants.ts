@@ -76,29 +76,23 @@ const show: Command = {
   },
 };
 
-const suspend: Command = {
-  command: 'suspend <id>',
-  describe: 'Suspend a tenant: new connections are refused (its role loses LOGIN)',
-  options: OPTIONS,
-  builder: idArg,
-  async run(args, ctx) {
-    const t = await withService(ctx, (svc) => svc.suspend(String(args.id)));
-    ctx.out(`tenant ${t.id} suspended`);
-    return EXIT_OK;
-  },
-};
+/** suspend and resume differ only in the service call and the words. */
+function stateCommand(name: 'suspend' | 'resume', describe: string, done: string): Command {
+  return {
+    command: `${name} <id>`,
+    describe,
+    options: OPTIONS,
+    builder: idArg,
+    async run(args, ctx) {
+      const t = await withService(ctx, (svc) => svc[name](String(args.id)));
+      ctx.out(`tenant ${t.id} ${done}`);
+      return EXIT_OK;
+    },
+  };
+}
 
-const resume: Command = {
-  command: 'resume <id>',
-  describe: 'Resume a suspended tenant',
-  options: OPTIONS,
-  builder: idArg,
-  async run(args, ctx) {
-    const t = await withService(ctx, (svc) => svc.resume(String(args.id)));
-    ctx.out(`tenant ${t.id} active`);
-    return EXIT_OK;
-  },
-};
+const suspend = stateCommand('suspend', 'Suspend a tenant: new connections are refused (its role loses LOGIN)', 'suspended');
+const resume = stateCommand('resume', 'Resume a suspended tenant', 'active');
 
 const drop: Command = {
   command: 'drop <id>',

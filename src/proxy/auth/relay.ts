@@ -25,17 +25,9 @@ const channelBindingUnavailable = () =>
     'Connect with channel_binding=disable (TLS to the proxy still protects the password exchange).',
   );
 
-function frame(type: number, body: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(5 + body.length);
-  out[0] = type;
-  out.writeInt32BE(4 + body.length, 1);
-  body.copy(out, 5);
-  return out;
-}
-
 async function forwardClientReply(client: ClientConnection, backend: BackendConnection, what: string): Promise<void> {
   const reply = await client.readMessage(Frontend.PasswordMessage, what);
-  backend.send(frame(reply.type, reply.body));
+  backend.send(reply.frame);
 }
 
 /** Challenges the client is shown and answers it gives; each returns once the reply is forwarded. */
@@ -60,7 +52,7 @@ const challenges: Partial<Record<string, (m: Sasl, c: ClientConnection, b: Backe
     if (offered.length > mechanisms.length && parseSASLInitialResponse(reply.body).response?.[0] === 0x79) {
       throw channelBindingUnavailable();
     }
-    b.send(frame(reply.type, reply.body));
+    b.send(reply.frame);
   },
   authenticationSASLContinue: async (m, c, b, w) => {
     c.write(w.authenticationSASLContinue(Buffer.from(m.data ?? '', 'utf8')).flush());

@@ -43,9 +43,6 @@ export const Backend = Object.freeze({
   NegotiateProtocolVersion: code('v'),
 });
 
-/** Both directions in one object; letters overlap, so the direction is part of the name. */
-export const MessageType = Object.freeze({ Frontend, Backend });
-
 /** Authentication request codes carried in the first body word of an 'R' message. */
 export const AuthenticationCode = Object.freeze({
   Ok: 0,

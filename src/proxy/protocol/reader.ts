@@ -38,8 +38,8 @@ export class MessageReader {
     return this.take(length);
   }
 
-  /** One typed message; body excludes the type byte and the length field. */
-  readMessage(): { type: number; body: Buffer } | null {
+  /** One typed message: `frame` is all of it, as sent (so it can be forwarded as is); `body` follows the length field. */
+  readMessage(): { type: number; body: Buffer; frame: Buffer } | null {
     if (this.size < 5) return null;
     const length = this.int32At(1);
     if (length < 4 || length > MAX_CLIENT_MESSAGE) {
@@ -47,7 +47,7 @@ export class MessageReader {
     }
     if (this.size < 1 + length) return null;
     const message = this.take(1 + length);
-    return { type: message[0]!, body: message.subarray(5) };
+    return { type: message[0]!, body: message.subarray(5), frame: message };
   }
 
   /** Hands over every unconsumed byte and empties the reader. */

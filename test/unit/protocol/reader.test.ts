@@ -35,6 +35,10 @@ function run(chunks: Buffer[]): unknown[] {
       } else {
         const message = reader.readMessage();
         if (!message) break;
+        // The frame is the message exactly as sent, header included, ready to forward.
+        expect(message.frame[0]).toBe(message.type);
+        expect(message.frame.readInt32BE(1)).toBe(message.body.length + 4);
+        expect(message.frame.subarray(5)).toEqual(message.body);
         out.push({ type: message.type, body: Buffer.from(message.body) });
       }
     }
