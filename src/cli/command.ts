@@ -26,3 +26,8 @@ export interface Command {
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
+
+/** A mistake in how the command was called: exit code 2. */
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+}

@@ -2,13 +2,8 @@
 import yargs, { type Argv } from 'yargs';
 import { ConfigError, OPTIONS, flagName, readConfigFile, resolveConfig, type OptionName } from '../config.js';
 import { createLogger } from '../logger.js';
-import { EXIT_FAILURE, EXIT_USAGE, type Command, type CommandContext } from './command.js';
+import { EXIT_FAILURE, EXIT_USAGE, UsageError, type Command, type CommandContext } from './command.js';
 import { commands } from './commands/index.js';
-
-/** A mistake in how the command was called: exit code 2. */
-export class UsageError extends Error {
-  override readonly name = 'UsageError';
-}
 
 function addOptions(y: Argv, names: readonly OptionName[]): Argv {
   for (const name of names) {

@@ -11,11 +11,11 @@ function describe(err: unknown): string {
 }
 
 /** Runs fn with a pool on the upstream; a failure to connect becomes one readable line. */
-export async function withUpstream<T>(config: Config, log: Logger, fn: (pool: pg.Pool) => Promise<T>): Promise<T> {
+export async function withUpstream<T>(config: Config, log: Logger, fn: (pool: pg.Pool) => Promise<T>, opts: { max?: number } = {}): Promise<T> {
   const url = requireUpstream(config);
   const pool = new pg.Pool({
     connectionString: url,
-    max: 2,
+    max: opts.max ?? 2,
     application_name: 'pgtenant-cli',
     connectionTimeoutMillis: config.connectTimeout,
   });

@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { TenantError } from '../tenants/errors.js';
+import { isNoTransactionFile, nonTransactionalStatements, transactionControlStatements } from './sql.js';
 
 export interface MigrationFile {
   version: string;
@@ -11,7 +12,12 @@ export interface MigrationFile {
   sql: string;
   /** sha256 of the file's bytes, hex. */
   checksum: string;
+  /** False for a file marked `-- pgtenant:no-transaction`: its statements then run one by one. */
+  transaction: boolean;
 }
+
+/** The marker that lets a file run outside the per-tenant transaction. */
+export const NO_TRANSACTION_MARKER = '-- pgtenant:no-transaction';
 
 export interface MigrationSet {
   tenant: MigrationFile[];
@@ -46,9 +52,35 @@ async function loadKind(dir: string): Promise<MigrationFile[]> {
     seen.set(version, entry.name);
     const filePath = path.join(dir, entry.name);
     const bytes = await readFile(filePath);
-    files.push({ version, name, path: filePath, sql: bytes.toString('utf8'), checksum: createHash('sha256').update(bytes).digest('hex') });
+    const sql = bytes.toString('utf8');
+    const transaction = !isNoTransactionFile(sql);
+    refuseUnrunnable(filePath, sql, transaction);
+    files.push({ version, name, path: filePath, sql, checksum: createHash('sha256').update(bytes).digest('hex'), transaction });
   }
   return files.sort((a, b) => (a.version < b.version ? -1 : a.version > b.version ? 1 : 0));
+}
+
+/**
+ * Refuses, before anything runs, a file that would break the migrator's transaction (BEGIN, COMMIT, ...) or
+ * that PostgreSQL would refuse inside one (CREATE INDEX CONCURRENTLY, ...) unless it is marked to run outside one.
+ */
+function refuseUnrunnable(file: string, sql: string, transaction: boolean): void {
+  const control = transactionControlStatements(sql)[0];
+  if (control) {
+    throw new TenantError(
+      'invalid_migration',
+      `migration file ${file} line ${control.line}: ${control.reason} ('${control.statement}'); pgtenant runs each file in its own transaction, remove it`,
+    );
+  }
+  const outside = transaction ? nonTransactionalStatements(sql)[0] : undefined;
+  if (outside) {
+    throw new TenantError(
+      'invalid_migration',
+      `migration file ${file} line ${outside.line}: ${outside.reason} ('${outside.statement}'); ` +
+        `put '${NO_TRANSACTION_MARKER}' on the file's first line to run its statements one by one outside a transaction ` +
+        '(a failure then leaves earlier statements applied, so write them to be rerun, e.g. IF NOT EXISTS)',
+    );
+  }
 }
 
 /** Loads both kinds; a missing `tenant/` or `shared/` folder means none of that kind, a missing `dir` is an error. */

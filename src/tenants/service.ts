@@ -2,9 +2,10 @@
 import { randomBytes } from 'node:crypto';
 import type pg from 'pg';
 import { silentLogger, type Logger } from '../logger.js';
-import { applyTenantMigrations } from '../migrate/apply.js';
+import { applyTenantMigrations, DEFAULT_LOCK_TIMEOUT_MS, migrateTarget } from '../migrate/apply.js';
 import { loadMigrations, type MigrationFile } from '../migrate/loader.js';
 import { requireControlSchema } from './control-schema.js';
+import { importSchemas, type ImportResult } from './import.js';
 import { TenantError } from './errors.js';
 import { quoteIdent, quoteLiteral, validatePassword, validateTenantId } from './ids.js';
 import { scramVerifier } from './scram.js';
@@ -29,6 +30,8 @@ export interface CreateTenantResult {
 /** SQLSTATEs that mean "something of that name is already there". */
 const DUPLICATE = new Set(['42710', '42P06', '23505']);
 
+const generatePassword = (): string => randomBytes(24).toString('base64url');
+
 interface Management {
   superuser: boolean;
   serverVersion: number;
@@ -51,22 +54,17 @@ export class TenantService {
     if (!roleMode && opts.password !== undefined) {
       throw new TenantError('invalid_password', 'a tenant password applies only in role isolation (schema isolation uses one shared login role)');
     }
-    const password = roleMode ? (opts.password !== undefined ? validatePassword(opts.password) : randomBytes(24).toString('base64url')) : null;
+    const password = roleMode ? (opts.password !== undefined ? validatePassword(opts.password) : generatePassword()) : null;
     const files = await this.tenantMigrations();
+    // Files marked no-transaction cannot join the creating transaction: they and the files after them run once it commits.
+    const outside = files.findIndex((f) => !f.transaction);
     const name = quoteIdent(id);
     try {
-      const { record, applied } = await this.transaction(async (c) => {
+      let { record, applied } = await this.transaction(async (c) => {
         await this.refuseExisting(c, id, roleMode);
         if (password !== null) {
-          // Only the verifier travels: the clear password never reaches the server, its logs or pg_stat_statements.
-          await c.query(
-            `CREATE ROLE ${name} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS PASSWORD ${quoteLiteral(scramVerifier(password))}`,
-          );
-          await this.grantToManagement(c, name);
+          await this.createLoginRole(c, id, password);
           await c.query(`CREATE SCHEMA ${name} AUTHORIZATION ${name}`);
-          // Per database: the schema exists only here, and other databases on the server may hold other tenants.
-          const { rows } = await c.query<{ db: string }>('SELECT pg_catalog.current_database() AS db');
-          await c.query(`ALTER ROLE ${name} IN DATABASE ${quoteIdent(rows[0]!.db)} SET search_path = ${name}`);
         } else {
           await c.query(`CREATE SCHEMA ${name}`);
         }
@@ -76,10 +74,11 @@ export class TenantService {
           [id, roleMode ? id : null, this.opts.isolation],
         );
         const record = toRecord(rows[0]!);
-        const applied = await applyTenantMigrations(c, record, files);
+        const applied = await applyTenantMigrations(c, record, outside < 0 ? files : files.slice(0, outside), { lockTimeoutMs: DEFAULT_LOCK_TIMEOUT_MS });
         await notify(c, id);
         return { record, applied };
       });
+      if (outside >= 0) applied += await this.migrateAfterCreate(record, files);
       this.log.info({ tenant: id, isolation: this.opts.isolation, migrations: applied }, 'tenant created');
       return { tenant: record, password: opts.password === undefined ? password : null, migrationsApplied: applied };
     } catch (err) {
@@ -89,6 +88,43 @@ export class TenantService {
       }
       throw err;
     }
+  }
+
+  private async migrateAfterCreate(record: TenantRecord, files: readonly MigrationFile[]): Promise<number> {
+    const c = await this.pool.connect();
+    let broken: Error | undefined;
+    try {
+      const outcome = await migrateTarget(c, record, files, { lockTimeoutMs: DEFAULT_LOCK_TIMEOUT_MS, waitForLock: true });
+      return outcome.busy ? 0 : outcome.applied.length;
+    } catch (err) {
+      broken = err as Error;
+      throw new TenantError(
+        'migration_failed',
+        `tenant '${record.id}' was created, but ${(err as Error).message}; run 'pgtenant migrate up --tenant ${record.id}' to finish`,
+        { cause: err },
+      );
+    } finally {
+      c.release(broken);
+    }
+  }
+
+  /** Registers existing schemas matching a SQL LIKE pattern as tenants (see import.ts). */
+  import(schemaPattern: string): Promise<ImportResult> {
+    return importSchemas(
+      {
+        isolation: this.opts.isolation,
+        log: this.log,
+        withClient: (fn) => this.withClient(fn),
+        transaction: (fn) => this.transaction(fn),
+        createLoginRole: async (c, id) => {
+          const password = generatePassword();
+          await this.createLoginRole(c, id, password);
+          return password;
+        },
+        notify,
+      },
+      schemaPattern,
+    );
   }
 
   async list(): Promise<TenantRecord[]> {
@@ -168,6 +204,19 @@ export class TenantService {
     if (r.tenant) throw new TenantError('tenant_exists', `tenant '${id}' already exists`);
     if (roleMode && r.role) throw new TenantError('tenant_exists', `a role named '${id}' already exists on this server`);
     if (r.schema) throw new TenantError('tenant_exists', `a schema named '${id}' already exists in this database`);
+  }
+
+  /** The tenant's LOGIN role, with no other attributes, and its schema as search_path in this database. */
+  private async createLoginRole(c: pg.ClientBase, id: string, password: string): Promise<void> {
+    const name = quoteIdent(id);
+    // Only the verifier travels: the clear password never reaches the server, its logs or pg_stat_statements.
+    await c.query(
+      `CREATE ROLE ${name} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS PASSWORD ${quoteLiteral(scramVerifier(password))}`,
+    );
+    await this.grantToManagement(c, name);
+    // Per database: the schema exists only here, and other databases on the server may hold other tenants.
+    const { rows } = await c.query<{ db: string }>('SELECT pg_catalog.current_database() AS db');
+    await c.query(`ALTER ROLE ${name} IN DATABASE ${quoteIdent(rows[0]!.db)} SET search_path = ${name}`);
   }
 
   /**

@@ -2,7 +2,8 @@
 import type { Command } from '../command.js';
 import { demoCommand } from './demo.js';
 import { initCommand } from './init.js';
+import { migrateCommand } from './migrate.js';
 import { proxyCommand } from './proxy.js';
 import { tenantsCommand } from './tenants.js';
 
-export const commands: readonly Command[] = [demoCommand, proxyCommand, initCommand, tenantsCommand];
+export const commands: readonly Command[] = [demoCommand, proxyCommand, initCommand, tenantsCommand, migrateCommand];

@@ -1,9 +1,10 @@
-// `pgtenant tenants create|list|show|suspend|resume|drop`: the lifecycle service from the command line.
+// `pgtenant tenants create|list|show|suspend|resume|drop|import`: the lifecycle service from the command line.
 import type { Argv } from 'yargs';
 import type { OptionName } from '../../config.js';
 import { TenantService } from '../../tenants/service.js';
+import type { ImportResult } from '../../tenants/import.js';
 import type { TenantRecord } from '../../tenants/types.js';
-import { EXIT_OK, EXIT_USAGE, type Command, type CommandContext } from '../command.js';
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, type Command, type CommandContext } from '../command.js';
 import { migrationsDirFor, withUpstream } from '../upstream.js';
 
 const OPTIONS: readonly OptionName[] = ['upstream', 'isolation', 'migrationsDir'];
@@ -111,9 +112,49 @@ const drop: Command = {
   },
 };
 
+/** One line per schema, then a summary; passwords appear here once and nowhere else. */
+function importLines(pattern: string, r: ImportResult): string[] {
+  if (r.imported.length + r.skipped.length + r.failed.length === 0) {
+    return [`no schema to import matches '${pattern}' (system schemas, public, pgtenant and registered tenants are left out)`];
+  }
+  const lines = [
+    ...r.imported.map((t) =>
+      t.password === null
+        ? `imported ${t.schema} (schema isolation, shared login role)`
+        : `imported ${t.schema} (role ${t.role ?? '-'}) password: ${t.password}  (shown once; store it now)`,
+    ),
+    ...r.skipped.map((s) => `skipped  ${s.schema}: ${s.reason}`),
+    ...r.failed.map((f) => `failed   ${f.schema}: ${f.code ?? 'error'} ${f.message}`),
+    `${r.imported.length} imported, ${r.skipped.length} skipped, ${r.failed.length} failed`,
+  ];
+  if (r.imported.length > 0) {
+    lines.push('imported schemas keep their objects and no migration is run: record the versions they already have with `pgtenant migrate stamp --tenant ID --version V`');
+  }
+  return lines;
+}
+
+const importSchemas: Command = {
+  command: 'import',
+  describe: 'Register existing schemas matching a SQL LIKE pattern as tenants (role isolation: a new role per schema that owns it)',
+  options: OPTIONS,
+  builder: (y) =>
+    jsonFlag(y).option('schema-pattern', {
+      type: 'string',
+      demandOption: true,
+      describe: "SQL LIKE pattern over schema names, e.g. 'tenant_%'; the tenant id is the schema name",
+    }),
+  async run(args, ctx) {
+    const pattern = String(args.schemaPattern);
+    const result = await withService(ctx, (svc) => svc.import(pattern));
+    if (args.json) ctx.out(JSON.stringify(result));
+    else importLines(pattern, result).forEach((line) => ctx.out(line));
+    return result.failed.length > 0 ? EXIT_FAILURE : EXIT_OK;
+  },
+};
+
 export const tenantsCommand: Command = {
   command: 'tenants',
-  describe: 'Create, list, show, suspend, resume and drop tenants',
+  describe: 'Create, list, show, suspend, resume, drop and import tenants',
   options: OPTIONS,
-  subcommands: [create, list, show, suspend, resume, drop],
+  subcommands: [create, list, show, suspend, resume, drop, importSchemas],
 };
