@@ -1,4 +1,5 @@
 // yargs entry: wires the command modules to the config table and turns outcomes into exit codes.
+import { readFileSync } from 'node:fs';
 import yargs, { type Argv } from 'yargs';
 import { ConfigError, OPTIONS, flagName, readConfigFile, resolveConfig, type OptionName } from '../config.js';
 import { createLogger } from '../logger.js';
@@ -65,7 +66,16 @@ function register(y: Argv, cmd: Command, done: (p: Promise<number>) => void): Ar
   );
 }
 
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
 export async function main(args: string[]): Promise<number> {
+  if (args.length === 1 && args[0] === '--version') {
+    process.stdout.write(packageVersion() + '\n');
+    return 0;
+  }
   let outcome: Promise<number> | undefined;
   let usage: string | undefined;
   const y = yargs(args)
@@ -76,7 +86,8 @@ export async function main(args: string[]): Promise<number> {
     .demandCommand(1, 'name a command')
     .recommendCommands()
     .help()
-    .version()
+    // Not yargs' global --version: `migrate stamp --version V` needs the name (see packageVersion).
+    .version(false)
     .fail((msg, err) => {
       if (err) throw err;
       usage = msg;
