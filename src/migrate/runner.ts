@@ -196,7 +196,7 @@ export async function runMigrations(pool: pg.Pool, opts: RunOptions): Promise<Ru
   }
   const total = work.length;
   let done = 0;
-  log.info({ tenants: plans.length, pending: total, concurrency: opts.concurrency }, 'migration plan');
+  if (summary.ok) log.info({ tenants: plans.length, pending: total, concurrency: opts.concurrency }, 'migration plan');
   const progress = (): void => opts.onProgress?.({ done, total, failed: summary.failed, elapsedMs: elapsed() });
   if (total) progress();
 

@@ -1,4 +1,5 @@
 // Adopting an existing database: registers schemas matching a LIKE pattern as tenants, each schema in its own transaction.
+import { DEFAULT_LOCK_TIMEOUT_MS } from '../migrate/apply.js';
 import type pg from 'pg';
 import type { Logger } from '../logger.js';
 import { quoteIdent, validateTenantId } from './ids.js';
@@ -46,9 +47,6 @@ export interface ImportHost {
 
 /** Thrown inside a schema's transaction: rolls it back and reports the schema as skipped. */
 class Skip extends Error {}
-
-/** Waits this long for a lock on a legacy object unless the connection set its own lock_timeout. */
-const DEFAULT_LOCK_TIMEOUT = '5s';
 
 /** Schemas that can never be tenants, and those already registered, never reach the per-schema step. */
 const CANDIDATES = `
@@ -154,7 +152,7 @@ async function importOne(host: ImportHost, c: pg.ClientBase, schema: string): Pr
   }
   // Re-owning takes ACCESS EXCLUSIVE locks on live tables: give up on a busy schema rather than queue the application behind us.
   await c.query(`SELECT pg_catalog.set_config('lock_timeout', $1, true) WHERE pg_catalog.current_setting('lock_timeout') = '0'`, [
-    DEFAULT_LOCK_TIMEOUT,
+    `${DEFAULT_LOCK_TIMEOUT_MS}ms`,
   ]);
   const name = quoteIdent(schema);
   let password: string | null = null;

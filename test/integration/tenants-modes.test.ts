@@ -77,7 +77,7 @@ describe('schema isolation', () => {
     const { tenant, password, migrationsApplied } = await svc.create(id);
     expect(tenant).toMatchObject({ id, schema: id, role: null, state: 'active' });
     expect(password).toBeNull();
-    expect(migrationsApplied).toBe(2);
+    expect(migrationsApplied).toBe(3);
     const { rows } = await pool.query(
       `SELECT n.nspowner::regrole::text = current_user AS owned, to_regclass($2) IS NOT NULL AS notes,
               (SELECT count(*) FROM pg_roles WHERE rolname = $1)::int AS roles

@@ -48,7 +48,7 @@ describe('create in role isolation', () => {
     expect(tenant).toMatchObject({ id, schema: id, role: id, state: 'active' });
     expect(tenant.createdAt).toBeInstanceOf(Date);
     expect(password).toMatch(/^[A-Za-z0-9_-]{32}$/);
-    expect(migrationsApplied).toBe(2);
+    expect(migrationsApplied).toBe(3);
     const { rows } = await pool.query(
       `SELECT a.rolpassword, a.rolcanlogin, a.rolsuper, a.rolcreatedb, a.rolcreaterole, n.nspowner::regrole::text AS owner,
               (SELECT tableowner FROM pg_tables WHERE schemaname = $1 AND tablename = 'notes') AS notes_owner
@@ -62,6 +62,7 @@ describe('create in role isolation', () => {
     expect(journal.rows).toEqual([
       { version: '20260101000000', name: 'create_notes' },
       { version: '20260102000000', name: 'create_projects' },
+      { version: '20260103000000', name: 'pin_notes' },
     ]);
   });
 

@@ -6,6 +6,9 @@ import pg from 'pg';
 import { resolveConfig } from '../../config.js';
 import { startEmbeddedPostgres } from '../../embedded-postgres.js';
 import { startProxy } from '../../proxy/server.js';
+import { DEFAULT_LOCK_TIMEOUT_MS } from '../../migrate/apply.js';
+import { loadMigrations } from '../../migrate/loader.js';
+import { runMigrations } from '../../migrate/runner.js';
 import { installControlSchema } from '../../tenants/control-schema.js';
 import { TenantService } from '../../tenants/service.js';
 import { EXIT_OK, type Command } from '../command.js';
@@ -45,6 +48,18 @@ export const demoCommand: Command = {
       } finally {
         client.release();
       }
+      // Shared files first (tenant files may build on them), and tenants kept from an earlier run catch up.
+      const migrated = await runMigrations(pool, {
+        files: await loadMigrations(EXAMPLES),
+        concurrency: 2,
+        lockTimeoutMs: DEFAULT_LOCK_TIMEOUT_MS,
+        lockRetries: 3,
+        log,
+      });
+      if (!migrated.ok) {
+        const first = migrated.shared.error ?? migrated.results.find((r) => r.error)?.error;
+        throw new Error(`the example migrations failed: ${first?.message ?? 'see the log above'}`);
+      }
       const service = new TenantService(pool, { isolation: 'role', migrationsDir: EXAMPLES, log });
       const passwordFile = join(dirname(dataDir), `${DEMO_TENANTS.join('-')}.passwords.json`);
       const passwords = await demoPasswords(passwordFile);
@@ -74,6 +89,7 @@ export const demoCommand: Command = {
       out(`  psql "postgresql://acme:${passwords.acme}@127.0.0.1:${port}/postgres" -c "SELECT * FROM globex.notes"   # refused: permission denied`);
       out(`  pgbench -i "postgresql://acme:${passwords.acme}@127.0.0.1:${port}/postgres" && pgbench -S -T 5 "postgresql://acme:${passwords.acme}@127.0.0.1:${port}/postgres"`);
       out(`  DATABASE_URL=${postgres.url} node bin/pgtenant.js tenants list`);
+      out(`  DATABASE_URL=${postgres.url} node bin/pgtenant.js migrate status --dir examples/migrations`);
       out('');
       out('Press Ctrl-C to stop.');
       await stopped;
