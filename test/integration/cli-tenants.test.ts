@@ -47,7 +47,7 @@ describe('init and the tenant lifecycle', () => {
   it('create prints the generated password once, and the tenant can log in with it', async () => {
     const r = await runCli(['tenants', 'create', id, ...up(), ...MIGRATIONS]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(new RegExp(`created tenant ${id} .*2 migration`));
+    expect(r.stdout).toMatch(new RegExp(`created tenant ${id} .*3 migration`));
     const m = /^password: (\S+)/m.exec(r.stdout);
     expect(m).not.toBeNull();
     password = m![1]!;
