@@ -1,4 +1,4 @@
-// The results table printed at the end and the JSON written to bench/results/latest.json.
+// The results tables printed at the end of a benchmark and the JSON written to bench/results/.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 
@@ -26,8 +26,13 @@ export function formatTable(rows, targetNames) {
     cells.push(fmt.ratio(row.ratios.pgtenantOverPgbouncer), fmt.ratio(row.ratios.pgtenantOverDirect));
     return cells;
   });
+  return renderTable(header, lines);
+}
+
+/** Header, a rule and the lines; the first `leftColumns` columns align left, the rest (numbers) right. */
+export function renderTable(header, lines, leftColumns = 1) {
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
-  const render = (cells) => cells.map((c, i) => (i < 1 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
+  const render = (cells) => cells.map((c, i) => (i < leftColumns ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
   return [render(header), widths.map((w) => '-'.repeat(w)).join('  '), ...lines.map(render)].join('\n');
 }
 

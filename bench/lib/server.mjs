@@ -17,8 +17,12 @@ export function describeUrl(url) {
   };
 }
 
-/** Starts the embedded PostgreSQL from dist/, or uses PGTENANT_BENCH_DATABASE_URL; stop is registered for cleanup. */
-export async function startServer(repoRoot) {
+/**
+ * Starts the embedded PostgreSQL from dist/, or uses PGTENANT_BENCH_DATABASE_URL; stop is registered for cleanup.
+ * `durable` keeps PostgreSQL's default fsync and synchronous_commit (a throwaway cluster turns them off), for
+ * workloads whose cost is mostly commits; the data directory is removed at cleanup either way.
+ */
+export async function startServer(repoRoot, { durable = false } = {}) {
   const given = process.env.PGTENANT_BENCH_DATABASE_URL;
   if (given) return { url: given, embedded: false };
   const modulePath = join(repoRoot, 'dist', 'embedded-postgres.js');
@@ -32,7 +36,7 @@ export async function startServer(repoRoot) {
   // As root the server runs as the 'postgres' user, which must be able to reach the data directory inside.
   chmodSync(tmp, 0o755);
   onCleanup(() => rmSync(tmp, { recursive: true, force: true }));
-  const server = await startEmbeddedPostgres({ dataDir: join(tmp, 'pgdata'), port: 0, persistent: false });
+  const server = await startEmbeddedPostgres({ dataDir: join(tmp, 'pgdata'), port: 0, persistent: durable });
   onCleanup(() => server.stop());
   return { url: server.url, embedded: true };
 }

@@ -221,11 +221,11 @@ export async function runMigrations(pool: pg.Pool, opts: RunOptions): Promise<Ru
         const item = next;
         item.attempts++;
         if (item.started === 0) item.started = performance.now();
-        if (!client) {
-          client = await pool.connect();
-          client.on('error', (err) => log.debug({ err: err.message }, 'migrator connection lost'));
-        }
         try {
+          if (!client) {
+            client = await pool.connect();
+            client.on('error', (err) => log.debug({ err: err.message }, 'migrator connection lost'));
+          }
           const outcome = await migrateTarget(client, toTarget(item.plan), opts.files.tenant, { lockTimeoutMs: opts.lockTimeoutMs, waitForLock: item.wait });
           if (outcome.busy) {
             // Another migrator holds this tenant: do the others first, then wait for it and re-read the journal.
@@ -237,7 +237,7 @@ export async function runMigrations(pool: pg.Pool, opts: RunOptions): Promise<Ru
           finish(item, { status: outcome.applied.length ? 'migrated' : 'up_to_date', applied: outcome.applied });
           log.debug({ tenant: item.plan.id, applied: outcome.applied.map((f) => f.version) }, 'tenant migrated');
         } catch (err) {
-          if (connectionSuspect(err)) {
+          if (client && connectionSuspect(err)) {
             client.release(err as Error);
             client = undefined;
           }

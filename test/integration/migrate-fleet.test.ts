@@ -1,8 +1,7 @@
 // `pgtenant migrate up` over many tenants: all reach the latest version, failures stay local, races and kills are safe.
 import { spawn } from 'node:child_process';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { bin, freshDatabase, runCli, type TestDatabase } from '../support/db.js';
+import { bin, freshDatabase, runCli, withClient, type TestDatabase } from '../support/db.js';
 import { createFleet, journalByTenant, migrationDir, rowCounts, tablesIn, type MigrationDir } from '../support/migrations.js';
 import { sleep } from '../support/proxy.js';
 
@@ -28,16 +27,6 @@ interface Summary {
 
 function parseSummary(stdout: string): Summary {
   return JSON.parse(stdout) as Summary;
-}
-
-async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
-    return await fn(c);
-  } finally {
-    await c.end();
-  }
 }
 
 /** Every tenant is either fully at `versions` (journal, table and one row) or untouched: never in between. */

@@ -28,8 +28,9 @@ export function withDatabase(url: string, database: string): string {
   return u.toString();
 }
 
-async function admin<T>(adminUrl: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: adminUrl });
+/** Runs fn on a fresh connection to url, closed afterwards. */
+export async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: url });
   await c.connect();
   try {
     return await fn(c);
@@ -51,13 +52,13 @@ export function uniqueTenantId(prefix: string): string {
 export async function freshDatabase(): Promise<TestDatabase> {
   const adminUrl = inject('pgAdminUrl');
   const name = `pgtenant_t_${suffix(10)}`;
-  await admin(adminUrl, (c) => c.query(`CREATE DATABASE "${name}"`));
+  await withClient(adminUrl, (c) => c.query(`CREATE DATABASE "${name}"`));
   return {
     url: withDatabase(adminUrl, name),
     name,
     adminUrl,
     async drop() {
-      await admin(adminUrl, async (c) => {
+      await withClient(adminUrl, async (c) => {
         // Tenant roles outlive the database: collect those tied to it (search_path set in it, or issued here).
         const { rows } = await c.query<{ rolname: string }>(
           `SELECT r.rolname FROM pg_catalog.pg_db_role_setting s
