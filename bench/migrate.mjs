@@ -10,7 +10,7 @@ import { measure, naiveMethod, pgtenantMethod, rawMethod } from './lib/migrate-m
 import { NAIVE_DESCRIPTION } from './lib/migrate-naive.mjs';
 import { formatMigrateTable, summarise } from './lib/migrate-report.mjs';
 import { createDatabase, createNaiveSet, createPgtenantSet, createRawSet, dropSet, names, writeMigrations } from './lib/migrate-setup.mjs';
-import { cleanup, installExitHandlers, isStopping, onCleanup } from './lib/processes.mjs';
+import { installExitHandlers, onCleanup, runMain } from './lib/processes.mjs';
 import { writeJson } from './lib/report.mjs';
 import { startServer } from './lib/server.mjs';
 
@@ -137,12 +137,4 @@ async function main() {
   return !cliBuilt || rows.some((r) => r.error) ? 1 : 0;
 }
 
-let code = 1;
-try {
-  code = await main();
-} catch (err) {
-  if (!isStopping()) process.stderr.write(`bench: ${err.message}\n`);
-} finally {
-  await cleanup();
-}
-process.exit(code);
+await runMain(main);

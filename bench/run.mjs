@@ -7,7 +7,7 @@ import pg from 'pg';
 import { findExecutable, initTables, runSelectOnly } from './lib/pgbench.mjs';
 import { ensurePgbouncer, pgbouncerVersion, startPgbouncer } from './lib/pgbouncer.mjs';
 import { startProxy } from './lib/pgtenant.mjs';
-import { cleanup, installExitHandlers, isStopping, runCommand } from './lib/processes.mjs';
+import { installExitHandlers, isStopping, runCommand, runMain } from './lib/processes.mjs';
 import { formatTable, ratio, writeJson } from './lib/report.mjs';
 import { createTenant, describeUrl, startServer } from './lib/server.mjs';
 
@@ -144,12 +144,4 @@ async function main() {
   return failed ? 1 : 0;
 }
 
-let code = 1;
-try {
-  code = await main();
-} catch (err) {
-  if (!isStopping()) process.stderr.write(`bench: ${err.message}\n`);
-} finally {
-  await cleanup();
-}
-process.exit(code);
+await runMain(main);

@@ -92,6 +92,19 @@ export function cleanup() {
   return cleaning;
 }
 
+/** Runs a bench's main (which returns an exit code), always cleans up, and exits with that code (1 on error). */
+export async function runMain(main) {
+  let code = 1;
+  try {
+    code = await main();
+  } catch (err) {
+    if (!isStopping()) process.stderr.write(`bench: ${err.message}\n`);
+  } finally {
+    await cleanup();
+  }
+  process.exit(code);
+}
+
 /** Ctrl-C, SIGTERM and a time budget all end in cleanup; a last synchronous kill covers abrupt exits. */
 export function installExitHandlers(budgetMs) {
   const stop = (why, code) => {

@@ -31,3 +31,9 @@ export const EXIT_USAGE = 2;
 export class UsageError extends Error {
   override readonly name = 'UsageError';
 }
+
+/** Rows of cells as aligned text columns, for list-style output. */
+export function columns(rows: readonly (readonly string[])[], indent = ''): string[] {
+  const widths = (rows[0] ?? []).map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows.map((r) => indent + r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd());
+}

@@ -9,7 +9,7 @@ import { planShared, planTenants, stamp, type StampScope, type TenantPlan } from
 import { loadMigrations } from '../../migrate/loader.js';
 import { progressReporter } from '../../migrate/progress.js';
 import { defaultConcurrency, runMigrations, type RunSummary } from '../../migrate/runner.js';
-import { EXIT_FAILURE, EXIT_OK, UsageError, type Command } from '../command.js';
+import { columns, EXIT_FAILURE, EXIT_OK, UsageError, type Command } from '../command.js';
 import { withUpstream } from '../upstream.js';
 
 const OPTIONS: readonly OptionName[] = ['upstream', 'migrationsDir'];
@@ -106,8 +106,7 @@ function statusRows(plans: readonly TenantPlan[]): string[] {
     ['TENANT', 'STATE', 'VERSION', 'PENDING', 'CHANGED'],
     ...behind.slice(0, STATUS_ROWS).map((p) => [p.id, p.state, p.current ?? '-', String(p.pending.length), p.changed.join(',') || '-']),
   ];
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  const lines = rows.map((r) => '  ' + r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd());
+  const lines = columns(rows, '  ');
   if (behind.length > STATUS_ROWS) lines.push(`  ... and ${behind.length - STATUS_ROWS} more (use --json for all)`);
   return behind.length ? lines : [];
 }

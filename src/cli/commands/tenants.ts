@@ -4,7 +4,7 @@ import type { OptionName } from '../../config.js';
 import { TenantService } from '../../tenants/service.js';
 import type { ImportResult } from '../../tenants/import.js';
 import type { TenantRecord } from '../../tenants/types.js';
-import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, type Command, type CommandContext } from '../command.js';
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, columns, type Command, type CommandContext } from '../command.js';
 import { migrationsDirFor, withUpstream } from '../upstream.js';
 
 const OPTIONS: readonly OptionName[] = ['upstream', 'isolation', 'migrationsDir'];
@@ -31,8 +31,7 @@ function showLines(t: TenantRecord): string[] {
 
 function table(tenants: readonly TenantRecord[]): string[] {
   const rows = [['ID', 'STATE', 'SCHEMA', 'ROLE', 'CREATED'], ...tenants.map((t) => [t.id, t.state, t.schema, t.role ?? '-', t.createdAt.toISOString()])];
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  return rows.map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd());
+  return columns(rows);
 }
 
 const create: Command = {
