@@ -3,6 +3,7 @@ import type pg from 'pg';
 import { performance } from 'node:perf_hooks';
 import { TenantError } from '../tenants/errors.js';
 import { quoteIdent, quoteLiteral } from '../tenants/ids.js';
+import { compareJournal } from './journal.js';
 import type { MigrationFile } from './loader.js';
 import { splitStatements } from './sql.js';
 
@@ -57,7 +58,8 @@ function journalFilter(target: MigrationTarget): string {
 }
 
 const label = (f: MigrationFile): string => `${f.version}_${f.name}`;
-const sqlstateOf = (err: unknown): string | null => {
+/** The SQLSTATE of a server error, or null for anything else (a socket error's code such as ECONNRESET is not one). */
+export const sqlstateOf = (err: unknown): string | null => {
   const code = (err as { code?: unknown }).code;
   return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : null;
 };
@@ -87,18 +89,17 @@ async function lockAndPlan(
   const [locked, journal] = results.slice(-2) as [pg.QueryResult, pg.QueryResult];
   // pg_advisory_lock returns void: reaching here means we hold it.
   if (!how.wait && locked.rows[0]?.locked !== true) return null;
-  const applied = new Map(journal.rows.map((r: { version: string; checksum: string }) => [r.version, r.checksum]));
-  const changed = files.find((f) => applied.has(f.version) && applied.get(f.version) !== f.checksum);
+  const { pending, changed: [changed] } = compareJournal(files, new Map(journal.rows.map((r: { version: string; checksum: string }) => [r.version, r.checksum])));
   if (changed) {
     throw new TenantError(
       'checksum_mismatch',
       `migration ${label(changed)} was changed after it was applied to ${describeTarget(target)} (checksum differs)`,
     );
   }
-  return files.filter((f) => !applied.has(f.version));
+  return pending;
 }
 
-export function describeTarget(target: MigrationTarget): string {
+function describeTarget(target: MigrationTarget): string {
   return target.id === null ? 'the shared schema' : `tenant ${target.id}`;
 }
 

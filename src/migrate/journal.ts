@@ -71,6 +71,14 @@ export async function planTenants(client: pg.ClientBase, files: readonly Migrati
   });
 }
 
+/** Splits files against journaled (version -> checksum): not yet applied, and applied but changed since. */
+export function compareJournal(files: readonly MigrationFile[], applied: ReadonlyMap<string, string>): { pending: MigrationFile[]; changed: MigrationFile[] } {
+  return {
+    pending: files.filter((f) => !applied.has(f.version)),
+    changed: files.filter((f) => applied.has(f.version) && applied.get(f.version) !== f.checksum),
+  };
+}
+
 export interface SharedPlan {
   current: string | null;
   pending: string[];
@@ -81,11 +89,11 @@ export async function planShared(client: pg.ClientBase, files: readonly Migratio
   const { rows } = await client.query<{ version: string; checksum: string }>(
     'SELECT version, checksum FROM pgtenant.migrations WHERE tenant_id IS NULL ORDER BY version',
   );
-  const applied = new Map(rows.map((r) => [r.version, r.checksum]));
+  const { pending, changed } = compareJournal(files, new Map(rows.map((r) => [r.version, r.checksum])));
   return {
     current: rows.length ? rows[rows.length - 1]!.version : null,
-    pending: files.filter((f) => !applied.has(f.version)).map((f) => f.version),
-    changed: files.filter((f) => applied.has(f.version) && applied.get(f.version) !== f.checksum).map((f) => f.version),
+    pending: pending.map((f) => f.version),
+    changed: changed.map((f) => f.version),
   };
 }
 

@@ -6,7 +6,7 @@ import type pg from 'pg';
 import { silentLogger, type Logger } from '../logger.js';
 import { requireControlSchema } from '../tenants/control-schema.js';
 import { TenantError } from '../tenants/errors.js';
-import { MigrationError, migrateTarget, type AppliedFile, type MigrationTarget } from './apply.js';
+import { MigrationError, migrateTarget, sqlstateOf, type AppliedFile, type MigrationTarget } from './apply.js';
 import { planShared, planTenants, type TenantPlan } from './journal.js';
 import type { MigrationSet } from './loader.js';
 
@@ -76,8 +76,8 @@ const RETRYABLE = new Set(['55P03', '40P01', '40001']);
  * Tenants migrated at once when --concurrency is not given: DDL is mostly waiting on commits and catalog
  * locks, so two per core of this machine, within a quarter of the server's free connection slots.
  */
-export async function defaultConcurrency(client: pg.ClientBase): Promise<number> {
-  const { rows } = await client.query<{ free: number }>(
+export async function defaultConcurrency(pool: pg.Pool): Promise<number> {
+  const { rows } = await pool.query<{ free: number }>(
     `SELECT pg_catalog.current_setting('max_connections')::int - pg_catalog.current_setting('superuser_reserved_connections')::int
             - (SELECT count(*) FROM pg_catalog.pg_stat_activity)::int AS free`,
   );
@@ -85,11 +85,9 @@ export async function defaultConcurrency(client: pg.ClientBase): Promise<number>
 }
 
 export function failureInfo(err: unknown): FailureInfo {
-  const e = err as { code?: unknown; message?: string };
   if (err instanceof MigrationError) return { code: err.code, sqlstate: err.sqlstate, version: err.version, message: err.message };
   if (err instanceof TenantError) return { code: err.code, sqlstate: null, version: null, message: err.message };
-  const sqlstate = typeof e.code === 'string' && /^[0-9A-Z]{5}$/.test(e.code) ? e.code : null;
-  return { code: 'migration_failed', sqlstate, version: null, message: e.message ?? String(err) };
+  return { code: 'migration_failed', sqlstate: sqlstateOf(err), version: null, message: (err as Error).message ?? String(err) };
 }
 
 interface WorkItem {
@@ -105,9 +103,6 @@ class WorkQueue {
   private readonly items: WorkItem[];
   constructor(plans: readonly TenantPlan[]) {
     this.items = plans.map((plan) => ({ plan, attempts: 0, wait: false, notBefore: 0, started: 0 }));
-  }
-  get size(): number {
-    return this.items.length;
   }
   push(item: WorkItem): void {
     this.items.push(item);

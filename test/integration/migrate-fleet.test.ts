@@ -2,7 +2,7 @@
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bin, freshDatabase, runCli, withClient, type TestDatabase } from '../support/db.js';
-import { createFleet, journalByTenant, migrationDir, rowCounts, tablesIn, type MigrationDir } from '../support/migrations.js';
+import { createFleet, fleetFixture, journalByTenant, migrationDir, rowCounts, tablesIn, type MigrationDir } from '../support/migrations.js';
 import { sleep } from '../support/proxy.js';
 
 const TENANT_FILES = {
@@ -54,23 +54,10 @@ async function expectWholeOrNothing(url: string, ids: readonly string[]): Promis
 }
 
 describe('200 tenants, three tenant migrations and one shared', () => {
-  let db: TestDatabase;
-  let ids: string[];
-  let files: MigrationDir;
-  const cli = (...args: string[]) => runCli(['migrate', ...args, '--upstream', db.url, '--dir', files.dir]);
-
-  beforeAll(async () => {
-    db = await freshDatabase();
-    ids = await createFleet(db.url, 200, 'fleet');
-    files = await migrationDir({ tenant: TENANT_FILES, shared: SHARED_FILES });
-  }, 120_000);
-  afterAll(async () => {
-    await files?.remove();
-    await db?.drop();
-  });
+  const f = fleetFixture(200, 'fleet', { tenant: TENANT_FILES, shared: SHARED_FILES });
 
   it('status before: every tenant behind by three', async () => {
-    const r = await cli('status', '--json');
+    const r = await f.cli('status', '--json');
     expect(r.code, r.stderr).toBe(0);
     const s = JSON.parse(r.stdout);
     expect(s).toMatchObject({ total: 200, upToDate: 0, behind: 200, changed: 0, latest: VERSIONS[2] });
@@ -79,67 +66,54 @@ describe('200 tenants, three tenant migrations and one shared', () => {
   });
 
   it('up brings all to the latest version, applies the shared file once, and status agrees', async () => {
-    const r = await cli('up', '--json');
+    const r = await f.cli('up', '--json');
     expect(r.code, r.stderr).toBe(0);
     const s = parseSummary(r.stdout);
     expect(s).toMatchObject({ ok: true, total: 200, migrated: 200, upToDate: 0, failed: 0, filesApplied: 600 });
     expect(s.shared.applied.map((f) => f.version)).toEqual(['20260101000000']);
-    expect(await expectWholeOrNothing(db.url, ids)).toEqual({ whole: 200, none: 0 });
-    await withClient(db.url, async (c) => {
+    expect(await expectWholeOrNothing(f.db.url, f.ids)).toEqual({ whole: 200, none: 0 });
+    await withClient(f.db.url, async (c) => {
       expect((await journalByTenant(c)).get('')).toEqual(['20260101000000']);
-      const idx = await c.query(`SELECT count(*)::int AS n FROM pg_catalog.pg_indexes WHERE indexname = 'items_note_idx' AND schemaname = ANY($1)`, [ids]);
+      const idx = await c.query(`SELECT count(*)::int AS n FROM pg_catalog.pg_indexes WHERE indexname = 'items_note_idx' AND schemaname = ANY($1)`, [f.ids]);
       expect(idx.rows[0].n).toBe(200);
       // Tenant migrations run as the tenant role: it owns what they create.
-      const owners = await c.query(`SELECT count(*)::int AS n FROM pg_catalog.pg_tables WHERE tablename = 'items' AND tableowner = schemaname AND schemaname = ANY($1)`, [ids]);
+      const owners = await c.query(`SELECT count(*)::int AS n FROM pg_catalog.pg_tables WHERE tablename = 'items' AND tableowner = schemaname AND schemaname = ANY($1)`, [f.ids]);
       expect(owners.rows[0].n).toBe(200);
     });
-    const st = await cli('status');
+    const st = await f.cli('status');
     expect(st.code, st.stderr).toBe(0);
     expect(st.stdout).toContain('tenants: 200 total, 200 up to date, 0 behind, 0 with changed files');
     expect(st.stdout).toMatch(/shared: +up to date \(at 20260101000000\)/);
   });
 
   it('a second up is a no-op: nothing runs, the journal is untouched', async () => {
-    const before = await withClient(db.url, (c) => c.query('SELECT count(*)::int AS n, max(applied_at) AS last FROM pgtenant.migrations'));
-    const r = await cli('up', '--json');
+    const before = await withClient(f.db.url, (c) => c.query('SELECT count(*)::int AS n, max(applied_at) AS last FROM pgtenant.migrations'));
+    const r = await f.cli('up', '--json');
     expect(r.code, r.stderr).toBe(0);
     expect(parseSummary(r.stdout)).toMatchObject({ ok: true, total: 200, migrated: 0, upToDate: 200, filesApplied: 0, results: [] });
-    const after = await withClient(db.url, (c) => c.query('SELECT count(*)::int AS n, max(applied_at) AS last FROM pgtenant.migrations'));
+    const after = await withClient(f.db.url, (c) => c.query('SELECT count(*)::int AS n, max(applied_at) AS last FROM pgtenant.migrations'));
     expect(after.rows[0]).toEqual(before.rows[0]);
     expect(before.rows[0].n).toBe(601);
   });
 });
 
 describe('a failing tenant', () => {
-  let db: TestDatabase;
-  let ids: string[];
-  let files: MigrationDir;
-  const cli = (...args: string[]) => runCli(['migrate', ...args, '--upstream', db.url, '--dir', files.dir]);
-
-  beforeAll(async () => {
-    db = await freshDatabase();
-    ids = await createFleet(db.url, 12, 'failing');
-    files = await migrationDir({ tenant: TENANT_FILES });
-  }, 60_000);
-  afterAll(async () => {
-    await files?.remove();
-    await db?.drop();
-  });
+  const f = fleetFixture(12, 'failing', { tenant: TENANT_FILES });
 
   it('does not stop the others; the summary names it with its SQLSTATE and the exit code is 1', async () => {
-    const bad = ids[5]!;
-    await withClient(db.url, (c) => c.query(`CREATE TABLE "${bad}".items (conflicting int)`));
-    const r = await cli('up', '--concurrency', '3');
+    const bad = f.ids[5]!;
+    await withClient(f.db.url, (c) => c.query(`CREATE TABLE "${bad}".items (conflicting int)`));
+    const r = await f.cli('up', '--concurrency', '3');
     expect(r.code, r.stderr).toBe(1);
     expect(r.stdout).toContain('12 tenant(s): 11 migrated (33 file(s)), 0 up to date, 1 failed');
     const line = r.stdout.split('\n').find((l) => l.includes(bad));
     expect(line).toMatch(/42P07/);
     expect(line).toMatch(/20260101000001_create_items/);
     expect(line).toMatch(/relation "items" already exists/);
-    await withClient(db.url, async (c) => {
+    await withClient(f.db.url, async (c) => {
       const journal = await journalByTenant(c);
       expect(journal.get(bad)).toBeUndefined();
-      for (const id of ids.filter((x) => x !== bad)) expect(journal.get(id), id).toEqual(VERSIONS);
+      for (const id of f.ids.filter((x) => x !== bad)) expect(journal.get(id), id).toEqual(VERSIONS);
       // Nothing of the failed tenant's transaction survived: its conflicting table is as it was.
       const cols = await c.query(`SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'items'`, [bad]);
       expect(cols.rows.map((x) => x.column_name)).toEqual(['conflicting']);
@@ -147,14 +121,14 @@ describe('a failing tenant', () => {
   });
 
   it('after the fix, a rerun touches only that tenant', async () => {
-    const bad = ids[5]!;
-    await withClient(db.url, (c) => c.query(`DROP TABLE "${bad}".items`));
-    const r = await cli('up', '--json');
+    const bad = f.ids[5]!;
+    await withClient(f.db.url, (c) => c.query(`DROP TABLE "${bad}".items`));
+    const r = await f.cli('up', '--json');
     expect(r.code, r.stderr).toBe(0);
     const s = parseSummary(r.stdout);
     expect(s).toMatchObject({ ok: true, migrated: 1, upToDate: 11, failed: 0 });
     expect(s.results.map((x) => x.tenant)).toEqual([bad]);
-    expect(await expectWholeOrNothing(db.url, ids)).toEqual({ whole: 12, none: 0 });
+    expect(await expectWholeOrNothing(f.db.url, f.ids)).toEqual({ whole: 12, none: 0 });
   });
 });
 

@@ -3,9 +3,10 @@ import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
+import { afterAll, beforeAll } from 'vitest';
 import { installControlSchema } from '../../src/tenants/control-schema.js';
 import { TenantService } from '../../src/tenants/service.js';
-import { uniqueTenantId } from './db.js';
+import { freshDatabase, runCli, uniqueTenantId, type CliResult, type TestDatabase } from './db.js';
 
 /** Creates the control schema and `n` role-isolation tenants with no migrations applied; returns their ids in order. */
 export async function createFleet(url: string, n: number, prefix: string): Promise<string[]> {
@@ -69,4 +70,28 @@ export async function rowCounts(c: pg.ClientBase, schemas: readonly string[], ta
   const sql = schemas.map((s) => `SELECT '${s}' AS schema, count(*)::int AS n FROM ${q(s)}.${q(table)}`).join(' UNION ALL ');
   const { rows } = await c.query<{ schema: string; n: number }>(sql);
   return new Map(rows.map((r) => [r.schema, r.n]));
+}
+
+export interface Fleet {
+  db: TestDatabase;
+  ids: string[];
+  files: MigrationDir;
+  /** `pgtenant migrate ...args` against this fleet's database and folder. */
+  cli(...args: string[]): Promise<CliResult>;
+}
+
+/** A fresh database with `n` tenants and a migrations folder, made before the enclosing describe's tests and removed after. */
+export function fleetFixture(n: number, prefix: string, files: { tenant?: Record<string, string>; shared?: Record<string, string> }): Fleet {
+  const fleet = {} as Fleet;
+  beforeAll(async () => {
+    fleet.db = await freshDatabase();
+    fleet.ids = await createFleet(fleet.db.url, n, prefix);
+    fleet.files = await migrationDir(files);
+    fleet.cli = (...args) => runCli(['migrate', ...args, '--upstream', fleet.db.url, '--dir', fleet.files.dir]);
+  }, 120_000);
+  afterAll(async () => {
+    await fleet.files?.remove();
+    await fleet.db?.drop();
+  });
+  return fleet;
 }

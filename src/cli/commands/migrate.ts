@@ -3,14 +3,13 @@ import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Argv } from 'yargs';
 import type { OptionName } from '../../config.js';
-import { requireControlSchema } from '../../tenants/control-schema.js';
 import { DEFAULT_LOCK_TIMEOUT_MS } from '../../migrate/apply.js';
 import { planShared, planTenants, stamp, type StampScope, type TenantPlan } from '../../migrate/journal.js';
 import { loadMigrations } from '../../migrate/loader.js';
 import { progressReporter } from '../../migrate/progress.js';
 import { defaultConcurrency, runMigrations, type RunSummary } from '../../migrate/runner.js';
 import { columns, EXIT_FAILURE, EXIT_OK, UsageError, type Command } from '../command.js';
-import { withUpstream } from '../upstream.js';
+import { withControlSchema, withUpstream } from '../upstream.js';
 
 const OPTIONS: readonly OptionName[] = ['upstream', 'migrationsDir'];
 /** Tenants listed by a plain `status`; --json lists them all. */
@@ -26,7 +25,7 @@ function tenantList(args: Record<string, unknown>): string[] | undefined {
   return list?.length ? [...new Set(list)] : undefined;
 }
 
-function positiveInt(value: unknown, flag: string, min: number, max: number): number | undefined {
+function wholeNumber(value: unknown, flag: string, min: number, max: number): number | undefined {
   if (value === undefined) return undefined;
   const n = Number(value);
   if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${flag} must be a whole number from ${min} to ${max}`);
@@ -64,9 +63,10 @@ const up: Command = {
       .option('lock-retries', { type: 'number', default: 3, describe: 'Retries of a tenant after a lock timeout or deadlock' }),
   async run(args, ctx) {
     const files = await loadMigrations(ctx.config.migrationsDir);
-    const concurrency = positiveInt(args.concurrency, 'concurrency', 1, MAX_CONCURRENCY);
-    const lockTimeoutMs = positiveInt(args.lockTimeout, 'lock-timeout', 0, 3_600_000)!;
-    const lockRetries = positiveInt(args.lockRetries, 'lock-retries', 0, 100)!;
+    const concurrency = wholeNumber(args.concurrency, 'concurrency', 1, MAX_CONCURRENCY);
+    const lockTimeoutMs = wholeNumber(args.lockTimeout, 'lock-timeout', 0, 3_600_000)!;
+    const lockRetries = wholeNumber(args.lockRetries, 'lock-retries', 0, 100)!;
+    const tenants = tenantList(args);
     const stop = new AbortController();
     void ctx.stopped.then((sig) => {
       ctx.log.warn({ signal: sig }, 'stopping: no new tenant is started, the running ones finish (send it again to abort them)');
@@ -77,18 +77,15 @@ const up: Command = {
       ctx.config,
       ctx.log,
       async (pool) => {
-        const client = await pool.connect();
-        const n = concurrency ?? (await defaultConcurrency(client).finally(() => client.release()));
-        if (concurrency !== undefined) client.release();
         return runMigrations(pool, {
           files,
-          concurrency: n,
+          concurrency: concurrency ?? (await defaultConcurrency(pool)),
           lockTimeoutMs,
           lockRetries,
           log: ctx.log,
           onProgress: (p) => reporter.update(p),
           signal: stop.signal,
-          ...(tenantList(args) ? { tenants: tenantList(args)! } : {}),
+          ...(tenants ? { tenants } : {}),
         });
       },
       { max: (concurrency ?? MAX_CONCURRENCY) + 1 },
@@ -118,15 +115,10 @@ const status: Command = {
   builder: (y) => jsonFlag(tenantOption(dirAlias(y), 'Only this tenant (repeat for several)')),
   async run(args, ctx) {
     const files = await loadMigrations(ctx.config.migrationsDir);
-    const { shared, tenants } = await withUpstream(ctx.config, ctx.log, async (pool) => {
-      const c = await pool.connect();
-      try {
-        await requireControlSchema(c);
-        return { shared: await planShared(c, files.shared), tenants: await planTenants(c, files.tenant, tenantList(args)) };
-      } finally {
-        c.release();
-      }
-    });
+    const { shared, tenants } = await withControlSchema(ctx.config, ctx.log, async (c) => ({
+      shared: await planShared(c, files.shared),
+      tenants: await planTenants(c, files.tenant, tenantList(args)),
+    }));
     const latest = files.tenant.at(-1)?.version ?? null;
     const upToDate = tenants.filter((t) => !t.pending.length && !t.changed.length).length;
     const changed = tenants.filter((t) => t.changed.length).length + (shared.changed.length ? 1 : 0);
@@ -199,15 +191,7 @@ const stampCommand: Command = {
     const scope = stampScope(args);
     const files = await loadMigrations(ctx.config.migrationsDir);
     const version = String(args.version);
-    const written = await withUpstream(ctx.config, ctx.log, async (pool) => {
-      const c = await pool.connect();
-      try {
-        await requireControlSchema(c);
-        return await stamp(c, 'shared' in scope ? files.shared : files.tenant, version, scope);
-      } finally {
-        c.release();
-      }
-    });
+    const written = await withControlSchema(ctx.config, ctx.log, (c) => stamp(c, 'shared' in scope ? files.shared : files.tenant, version, scope));
     const who = 'shared' in scope ? 'the shared schema' : 'tenants' in scope ? `tenant(s) ${scope.tenants.join(', ')}` : 'every tenant';
     ctx.out(`stamped ${who} up to ${version}: ${written} journal row(s) written`);
     return EXIT_OK;
