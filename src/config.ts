@@ -1,5 +1,5 @@
 // One schema for every option: flags, PGTENANT_* environment and --config file; validated once, then frozen.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 
 type Kind = 'string' | 'number';
@@ -16,7 +16,8 @@ export const OPTIONS = {
   upstream: { kind: 'string', describe: 'Upstream PostgreSQL URL, the management identity (fallback: DATABASE_URL)' },
   listen: { kind: 'string', default: '127.0.0.1:6432', describe: 'Address the proxy listens on (host:port)' },
   adminListen: { kind: 'string', default: '127.0.0.1:6480', describe: "Admin API address (host:port), or 'off'" },
-  adminToken: { kind: 'string', describe: 'Bearer token for the admin API' },
+  adminToken: { kind: 'string', describe: 'Bearer token for the admin API (generated and logged when none is given on a loopback address)' },
+  metricsTenantLimit: { kind: 'number', default: 100, describe: 'Tenants with their own metric series; the rest are summed as tenant="_other"' },
   isolation: { kind: 'string', default: 'role', choices: ['role', 'schema'], describe: 'Tenant isolation mode' },
   poolMode: { kind: 'string', default: 'session', choices: ['session', 'transaction'], describe: 'Pool mode' },
   tlsCert: { kind: 'string', describe: 'PEM certificate for client TLS' },
@@ -41,6 +42,7 @@ export interface Config {
   readonly listen: HostPort;
   readonly adminListen: HostPort | null;
   readonly adminToken: string | undefined;
+  readonly metricsTenantLimit: number;
   readonly isolation: 'role' | 'schema';
   readonly poolMode: 'session' | 'transaction';
   readonly tlsCert: string | undefined;
@@ -140,6 +142,7 @@ export function resolveConfig(sources: ConfigSources): Config {
     listen: parseHostPort(String(merged.listen), '--listen'),
     adminListen: adminListen === 'off' ? null : parseHostPort(adminListen, '--admin-listen'),
     adminToken: merged.adminToken as string | undefined,
+    metricsTenantLimit: merged.metricsTenantLimit as number,
     isolation: merged.isolation as Config['isolation'],
     poolMode: merged.poolMode as Config['poolMode'],
     tlsCert: merged.tlsCert as string | undefined,
@@ -175,4 +178,13 @@ export function redactUrl(url: string): string {
   } catch {
     return '(unparsable upstream URL)';
   }
+}
+
+/**
+ * The migrations folder to use: the configured one, except that a missing folder under the default
+ * name means "no migrations" (a project without any), while a folder named explicitly must exist.
+ */
+export function migrationsDirFor(config: Config): string | null {
+  if (config.migrationsDir === OPTIONS.migrationsDir.default && !existsSync(config.migrationsDir)) return null;
+  return config.migrationsDir;
 }

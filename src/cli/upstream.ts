@@ -1,7 +1,6 @@
 // Opens a pg.Pool on the upstream (management) URL for one CLI command, and always closes it.
-import { existsSync } from 'node:fs';
 import pg from 'pg';
-import { OPTIONS, redactUrl, requireUpstream, type Config } from '../config.js';
+import { redactUrl, requireUpstream, type Config } from '../config.js';
 import type { Logger } from '../logger.js';
 import { requireControlSchema } from '../tenants/control-schema.js';
 
@@ -44,13 +43,4 @@ export function withControlSchema<T>(config: Config, log: Logger, fn: (client: p
       client.release();
     }
   });
-}
-
-/**
- * The migrations folder to use: the configured one, except that a missing folder under the default
- * name means "no migrations" (a project without any), while a folder named explicitly must exist.
- */
-export function migrationsDirFor(config: Config): string | null {
-  if (config.migrationsDir === OPTIONS.migrationsDir.default && !existsSync(config.migrationsDir)) return null;
-  return config.migrationsDir;
 }

@@ -97,6 +97,15 @@ export async function planShared(client: pg.ClientBase, files: readonly Migratio
   };
 }
 
+/** Throws tenant_not_found naming every id that is not a registered tenant. */
+export async function requireTenants(client: pg.ClientBase, ids: readonly string[]): Promise<void> {
+  const { rows } = await client.query<{ id: string }>(
+    'SELECT id FROM unnest($1::text[]) AS u (id) WHERE NOT EXISTS (SELECT 1 FROM pgtenant.tenants t WHERE t.id = u.id)',
+    [ids],
+  );
+  if (rows.length) throw new TenantError('tenant_not_found', `no such tenant: ${rows.map((r) => r.id).join(', ')}`);
+}
+
 /** Who to stamp: named tenants, every registered tenant, or the shared schema. */
 export type StampScope = { tenants: readonly string[] } | { allTenants: true } | { shared: true };
 
@@ -120,13 +129,7 @@ export async function stamp(client: pg.ClientBase, files: readonly MigrationFile
     return rowCount ?? 0;
   }
   const only = 'tenants' in scope ? scope.tenants : null;
-  if (only) {
-    const { rows } = await client.query<{ id: string }>(
-      'SELECT id FROM unnest($1::text[]) AS u (id) WHERE NOT EXISTS (SELECT 1 FROM pgtenant.tenants t WHERE t.id = u.id)',
-      [only],
-    );
-    if (rows.length) throw new TenantError('tenant_not_found', `no such tenant: ${rows.map((r) => r.id).join(', ')}`);
-  }
+  if (only) await requireTenants(client, only);
   const { rowCount } = await client.query(
     `INSERT INTO pgtenant.migrations (tenant_id, version, name, checksum)
      SELECT t.id, f.version, f.name, f.checksum

@@ -21,6 +21,8 @@ export interface RunOptions {
   log?: Logger;
   /** Called after every tenant that had work, with counts so far. */
   onProgress?: (progress: Progress) => void;
+  /** Called with each tenant's result as it is known (up-to-date tenants are only counted). */
+  onResult?: (result: TenantResult) => void;
   /** When aborted, no further tenant is started; the ones running finish. */
   signal?: AbortSignal;
 }
@@ -147,6 +149,7 @@ export async function runMigrations(pool: pg.Pool, opts: RunOptions): Promise<Ru
   };
   const record = (r: TenantResult): void => {
     summary.results.push(r);
+    opts.onResult?.(r);
     if (r.status === 'migrated') summary.migrated++;
     else if (r.status === 'up_to_date') summary.upToDate++;
     else if (r.status === 'failed') summary.failed++;

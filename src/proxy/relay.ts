@@ -1,6 +1,15 @@
 // The hot path: bytes between a client and its backend, framed by message headers only, with backpressure.
 import type net from 'node:net';
+import type { ClientState } from './activity.js';
+import { Backend } from './protocol/constants.js';
 import { HeaderScanner } from './protocol/scanner.js';
+
+/** ReadyForQuery status byte -> the state of a client waiting for its next statement. */
+const WAITING_STATE: Record<number, Exclude<ClientState, 'login'>> = {
+  0x49: 'idle', // 'I'
+  0x54: 'idle_in_transaction', // 'T'
+  0x45: 'idle_in_transaction_aborted', // 'E'
+};
 
 /** Flushes what was written (plus `last`), then closes; a peer that never reads is cut after a second. */
 export function endGracefully(socket: net.Socket, last?: Buffer): void {
@@ -22,8 +31,8 @@ export type RelayEnd = 'client_closed' | 'server_closed' | 'client_protocol_viol
  * (so message boundaries and ReadyForQuery status are known) and written on unchanged.
  */
 export class Relay {
-  readonly fromClient = new HeaderScanner();
-  readonly fromServer = new HeaderScanner();
+  readonly fromClient = new HeaderScanner('frontend');
+  readonly fromServer = new HeaderScanner('backend');
   readonly stats: RelayStats = { bytesIn: 0, bytesOut: 0 };
   private ended: RelayEnd | null = null;
   readonly done: Promise<RelayEnd>;
@@ -62,6 +71,17 @@ export class Relay {
     this.stats.bytesOut += chunk.length;
     if (this.fromServer.scan(chunk) < 0) return this.end('server_protocol_violation');
     if (!this.client.write(chunk)) this.server.pause();
+  }
+
+  /**
+   * From the counters alone: a client is active while it has sync points (Query, Sync) the server has not yet
+   * answered with ReadyForQuery, or while the server streams something after its last ReadyForQuery.
+   */
+  get clientState(): Exclude<ClientState, 'login'> {
+    const s = this.fromServer;
+    if (this.fromClient.syncs > s.readies || !s.atBoundary || (s.messages > 0 && s.lastType !== Backend.ReadyForQuery)) return 'active';
+    // Before any ReadyForQuery in the relay the client is idle: login ended with one.
+    return WAITING_STATE[s.readyForQueryStatus] ?? 'idle';
   }
 
   /** True when the server->client stream sits between messages, so the proxy may add one of its own. */

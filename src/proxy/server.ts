@@ -5,6 +5,7 @@ import tls from 'node:tls';
 import { redactUrl, type Config } from '../config.js';
 import type { Logger } from '../logger.js';
 import { TenantDirectory } from '../tenants/directory.js';
+import { emptyConnections, NO_OBSERVER, type ProxyObserver, type TenantConnections } from './activity.js';
 import { CancelRegistry } from './cancel.js';
 import { adminShutdown } from './errors.js';
 import { DedicatedPool, type BackendPool } from './pool.js';
@@ -16,8 +17,12 @@ export interface ProxyServer {
   readonly pool: BackendPool;
   /** Live sessions, each with the promise of its end (for the admin API and tests). */
   sessions(): ReadonlyMap<Session, Promise<unknown>>;
+  /** Client and server connections by tenant and state, counted now. */
+  connections(): TenantConnections[];
   /** Ends every session of a tenant with a FATAL the client can read. */
   disconnectTenant(id: string, reason: string): number;
+  /** True once close() was called. */
+  readonly closing: boolean;
   /** Stops accepting, lets sessions finish for up to `graceMs`, then ends the rest. */
   close(graceMs?: number): Promise<void>;
 }
@@ -27,6 +32,8 @@ export interface ProxyOptions {
   readonly log: Logger;
   /** Tenant lookups; by default a TenantDirectory on the upstream, closed with the server. */
   readonly tenants?: TenantLookup;
+  /** Told of session events, for metrics. */
+  readonly observer?: ProxyObserver;
 }
 
 function loadSecureContext(config: Config): tls.SecureContext | null {
@@ -55,6 +62,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   }
   const tenants: TenantLookup = opts.tenants ?? directory!;
   const pool = new DedicatedPool();
+  const observer = opts.observer ?? NO_OBSERVER;
   const deps: SessionDeps = {
     config,
     target: upstreamTarget(config.upstream),
@@ -62,6 +70,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     cancels: new CancelRegistry(),
     pool,
     secureContext: loadSecureContext(config),
+    observer,
     log,
   };
   if (config.isolation === 'schema') {
@@ -73,7 +82,11 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   const server = net.createServer({ noDelay: true }, (socket) => {
     socket.setKeepAlive(true, 60_000);
     const session = new Session(socket, `${process.pid.toString(36)}.${(++counter).toString(36)}`, deps);
-    live.set(session, session.run().finally(() => live.delete(session)));
+    const ended = session.run().finally(() => {
+      live.delete(session);
+      observer.sessionEnded(session.authenticatedTenant, session.counters());
+    });
+    live.set(session, ended);
   });
   server.on('error', (err) => log.error({ err }, 'listener error'));
   await new Promise<void>((resolve, reject) => {
@@ -87,24 +100,45 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   const address = { host: bound.address, port: bound.port };
   log.info({ listen: `${address.host}:${address.port}`, isolation: config.isolation, poolMode: config.poolMode }, 'proxy listening');
 
-  const disconnectTenant = (id: string, reason: string): number => {
+  /** Revokes the tenant's sessions: all of them, or only those still logging in. */
+  const revokeTenant = (id: string, reason: string, loginsOnly: boolean): number => {
     let n = 0;
     for (const s of live.keys()) {
-      if (s.tenant !== id) continue;
+      if (s.tenant !== id || (loginsOnly && s.authenticatedTenant !== null)) continue;
       s.revoke(adminShutdown(`terminating connection: ${reason}`));
       n++;
     }
     return n;
   };
+  const disconnectTenant = (id: string, reason: string): number => revokeTenant(id, reason, false);
 
+  const connections = (): TenantConnections[] => {
+    const byTenant = new Map<string | null, TenantConnections>();
+    for (const s of live.keys()) {
+      const tenant = s.authenticatedTenant;
+      let entry = byTenant.get(tenant);
+      if (!entry) byTenant.set(tenant, (entry = emptyConnections(tenant)));
+      entry.clients[s.clientState]++;
+      const server = s.serverState;
+      if (server) entry.servers[server]++;
+    }
+    return [...byTenant.values()];
+  };
+
+  // A suspension refuses new sessions (logins still in flight included) and leaves open ones be; an explicit
+  // disconnect, or a drop, ends them all.
   directory?.on('change', (id: string) => {
     void directory!.lookup(id).then(
       (record) => {
         if (!record) disconnectTenant(id, `tenant "${id}" was dropped`);
-        else if (record.state !== 'active') disconnectTenant(id, `tenant "${id}" was suspended`);
+        else if (record.state !== 'active') revokeTenant(id, `tenant "${id}" was suspended`, true);
       },
       (err: Error) => log.warn({ err: err.message, tenant: id }, 'tenant lookup after change failed'),
     );
+  });
+  directory?.on('disconnect', (id: string) => {
+    const n = disconnectTenant(id, `an administrator disconnected tenant "${id}"`);
+    log.info({ tenant: id, sessions: n }, 'tenant sessions disconnected');
   });
 
   let closing: Promise<void> | null = null;
@@ -121,5 +155,15 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     return closing;
   };
 
-  return { address, pool, sessions: () => live, disconnectTenant, close };
+  return {
+    address,
+    pool,
+    sessions: () => live,
+    connections,
+    disconnectTenant,
+    get closing() {
+      return closing !== null;
+    },
+    close,
+  };
 }

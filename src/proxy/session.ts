@@ -1,8 +1,10 @@
 // One client's life: startup negotiation, tenant routing, relayed authentication, then the relay; one explicit state.
+import { performance } from 'node:perf_hooks';
 import tls from 'node:tls';
 import type { Logger } from '../logger.js';
 import type { Config } from '../config.js';
 import type { TenantRecord } from '../tenants/types.js';
+import type { ClientState, ProxyObserver, ServerState, SessionCounters } from './activity.js';
 import { mockAuthentication } from './auth/mock.js';
 import { backendError, relayAuthentication } from './auth/relay.js';
 import type { CancelKey, CancelRegistry } from './cancel.js';
@@ -41,6 +43,7 @@ export interface SessionDeps {
   readonly cancels: CancelRegistry;
   readonly pool: BackendPool;
   readonly secureContext: tls.SecureContext | null;
+  readonly observer: ProxyObserver;
   readonly log: Logger;
 }
 
@@ -98,18 +101,36 @@ export class Session {
       clearTimeout(timer);
     }
     this.cleanup();
-    const stats = this.relay?.stats;
+    const { bytesIn, bytesOut, queries, transactions } = this.counters();
     this.log.info(
-      {
-        durationMs: Date.now() - this.startedAt,
-        bytesIn: this.client.bytesIn + (stats?.bytesIn ?? 0),
-        bytesOut: this.client.bytesOut + (stats?.bytesOut ?? 0),
-        tls: this.encrypted,
-        outcome,
-      },
+      { durationMs: Date.now() - this.startedAt, bytesIn, bytesOut, queries, transactions, tls: this.encrypted, outcome },
       'session ended',
     );
     return outcome;
+  }
+
+  /** The tenant once the client has authenticated; null before (a claimed tenant is not yet one). */
+  get authenticatedTenant(): string | null {
+    return this.relay ? this.tenant : null;
+  }
+
+  get clientState(): ClientState {
+    return this.relay?.clientState ?? 'login';
+  }
+
+  get serverState(): ServerState | null {
+    if (!this.backend) return null;
+    return this.relay ? 'active' : 'login';
+  }
+
+  counters(): SessionCounters {
+    const relay = this.relay;
+    return {
+      bytesIn: this.client.bytesIn + (relay?.stats.bytesIn ?? 0),
+      bytesOut: this.client.bytesOut + (relay?.stats.bytesOut ?? 0),
+      queries: relay?.fromClient.queries ?? 0,
+      transactions: relay?.fromServer.transactions ?? 0,
+    };
   }
 
   private fail(err: unknown): Outcome {
@@ -118,6 +139,7 @@ export class Session {
       return 'client_gone';
     }
     if (err instanceof PgError) {
+      if (!this.relay) this.deps.observer.sessionRefused(err.code);
       this.client.refuse(err);
       return `error ${err.code}: ${err.message}`;
     }
@@ -187,7 +209,7 @@ export class Session {
 
   private async authenticate(startup: Extract<StartupPacket, { kind: 'StartupMessage' }>): Promise<void> {
     this.transition(SessionState.Authenticating);
-    const { config, pool, target } = this.deps;
+    const { config, pool, target, observer } = this.deps;
     const params = startup.parameters;
     const protocolExtensions = [...params.keys()].filter((k) => k.startsWith('_pq_.'));
     if (startup.minorVersion > 0 || protocolExtensions.length > 0) {
@@ -203,9 +225,12 @@ export class Session {
     if (!loginRole) await mockAuthentication(this.client, user, this.writer);
     this.poolKey = { tenant: identity.tenantId, role: loginRole!, database: params.get('database') ?? loginRole! };
     const backendParams = backendStartupParameters(params, loginRole!, record?.schema ?? identity.tenantId);
-    this.backend = await pool.acquire(this.poolKey, () =>
-      connectBackend(target, encodeStartupMessage(backendParams), config.connectTimeout),
-    );
+    this.backend = await pool.acquire(this.poolKey, async () => {
+      const started = performance.now();
+      const backend = await connectBackend(target, encodeStartupMessage(backendParams), config.connectTimeout);
+      observer.backendConnected((performance.now() - started) / 1000);
+      return backend;
+    });
     await relayAuthentication(this.client, this.backend, this.writer);
     // The password is proven: now it is safe to say what is wrong with the tenant. Look again, since
     // a suspend or drop may have landed while the client was answering the challenge.
@@ -264,6 +289,7 @@ export class Session {
     this.client.detach();
     this.relay = new Relay(this.client.socket, backend.socket);
     this.relay.start(this.client.reader.takeRemaining());
+    this.deps.observer.sessionStarted(this.tenant!);
     return this.relay.done;
   }
 

@@ -4,7 +4,7 @@ import pg from 'pg';
 import { silentLogger, type Logger } from '../logger.js';
 import { TenantError } from './errors.js';
 import { isValidTenantId } from './ids.js';
-import { TENANT_CHANNEL, TENANT_COLUMNS, toRecord, type TenantRecord, type TenantRow } from './types.js';
+import { DISCONNECT_CHANNEL, TENANT_CHANNEL, TENANT_COLUMNS, toRecord, type TenantRecord, type TenantRow } from './types.js';
 
 export interface TenantDirectoryOptions {
   connectionString: string;
@@ -24,8 +24,9 @@ const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 10_000;
 
 /**
- * Events: 'change' (id) when a NOTIFY names a tenant; 'reset' when the LISTEN connection was lost and the
- * whole cache was dropped (changes in between were missed).
+ * Events: 'change' (id) when a NOTIFY names a tenant; 'disconnect' (id) when an operator asked every proxy
+ * to end the tenant's sessions; 'reset' when the LISTEN connection was lost and the whole cache was dropped
+ * (changes in between were missed).
  */
 export class TenantDirectory extends EventEmitter {
   private readonly log: Logger;
@@ -122,16 +123,20 @@ export class TenantDirectory extends EventEmitter {
       this.scheduleReconnect();
     };
     client.on('notification', (msg) => {
-      if (msg.channel !== TENANT_CHANNEL || !msg.payload) return;
-      this.cache.delete(msg.payload);
-      this.inflight.delete(msg.payload);
-      this.emit('change', msg.payload);
+      if (!msg.payload) return;
+      if (msg.channel === DISCONNECT_CHANNEL) {
+        this.emit('disconnect', msg.payload);
+      } else if (msg.channel === TENANT_CHANNEL) {
+        this.cache.delete(msg.payload);
+        this.inflight.delete(msg.payload);
+        this.emit('change', msg.payload);
+      }
     });
     client.on('error', onLost);
     client.on('end', () => onLost());
     try {
       await client.connect();
-      await client.query(`LISTEN ${TENANT_CHANNEL}`);
+      await client.query(`LISTEN ${TENANT_CHANNEL}; LISTEN ${DISCONNECT_CHANNEL}`);
     } catch (err) {
       lost = true; // the caller decides: start() rejects, a reconnect schedules the next try
       await client.end().catch(() => undefined);

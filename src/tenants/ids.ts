@@ -1,7 +1,9 @@
 // Tenant id and password rules, and identifier quoting: ids become role and schema names, so they are checked and always quoted.
 import { TenantError } from './errors.js';
 
-const TENANT_ID = /^[a-z_][a-z0-9_]{0,62}$/;
+/** The shape of a tenant id, also published in the admin API's schemas (reserved names are checked apart). */
+export const TENANT_ID_PATTERN = '^[a-z_][a-z0-9_]{0,62}$';
+const TENANT_ID = new RegExp(TENANT_ID_PATTERN);
 
 /** Names that already mean something to PostgreSQL or to pgtenant itself. */
 const RESERVED = new Set([

@@ -9,7 +9,18 @@ import { importSchemas, type ImportResult } from './import.js';
 import { TenantError } from './errors.js';
 import { quoteIdent, quoteLiteral, validatePassword, validateTenantId } from './ids.js';
 import { scramVerifier } from './scram.js';
-import { TENANT_CHANNEL, TENANT_COLUMNS, toRecord, type IsolationMode, type TenantRecord, type TenantRow, type TenantState } from './types.js';
+import {
+  DISCONNECT_CHANNEL,
+  TENANT_CHANNEL,
+  TENANT_COLUMNS,
+  toRecord,
+  type IsolationMode,
+  type ListOptions,
+  type TenantDetails,
+  type TenantRecord,
+  type TenantRow,
+  type TenantState,
+} from './types.js';
 
 export { TENANT_CHANNEL };
 
@@ -127,9 +138,15 @@ export class TenantService {
     );
   }
 
-  async list(): Promise<TenantRecord[]> {
+  /** Tenants in id order; `limit` and `after` page through them (keyset, so pages stay cheap at any depth). */
+  async list(opts: ListOptions = {}): Promise<TenantRecord[]> {
     return this.withClient(async (c) => {
-      const { rows } = await c.query<TenantRow>(`SELECT ${TENANT_COLUMNS} FROM pgtenant.tenants ORDER BY id`);
+      const { rows } = await c.query<TenantRow>(
+        `SELECT ${TENANT_COLUMNS} FROM pgtenant.tenants
+          WHERE ($1::text IS NULL OR id > $1) AND ($2::text IS NULL OR state = $2)
+          ORDER BY id LIMIT $3`,
+        [opts.after ?? null, opts.state ?? null, opts.limit ?? null],
+      );
       return rows.map(toRecord);
     });
   }
@@ -139,16 +156,45 @@ export class TenantService {
     return this.withClient(async (c) => toRecord(await findRow(c, id, false)));
   }
 
-  suspend(id: string): Promise<TenantRecord> {
-    return this.setState(id, 'suspended');
+  /** The tenant with its place in the migration journal. */
+  async details(id: string): Promise<TenantDetails> {
+    validateTenantId(id);
+    return this.withClient(async (c) => {
+      const record = toRecord(await findRow(c, id, false));
+      const { rows } = await c.query<{ version: string | null; applied: number }>(
+        'SELECT max(version) AS version, count(*)::int AS applied FROM pgtenant.migrations WHERE tenant_id = $1',
+        [id],
+      );
+      return { ...record, schemaVersion: rows[0]?.version ?? null, migrationsApplied: rows[0]?.applied ?? 0 };
+    });
+  }
+
+  /** New sessions are refused at once; open ones carry on unless `disconnect` ends them too. */
+  suspend(id: string, opts: { disconnect?: boolean } = {}): Promise<TenantRecord> {
+    return this.setState(id, 'suspended', opts.disconnect === true);
   }
 
   resume(id: string): Promise<TenantRecord> {
-    return this.setState(id, 'active');
+    return this.setState(id, 'active', false);
   }
 
-  async drop(id: string): Promise<void> {
+  /** Asks every proxy listening on this database to end the tenant's open sessions. */
+  async disconnect(id: string): Promise<TenantRecord> {
     validateTenantId(id);
+    return this.withClient(async (c) => {
+      const record = toRecord(await findRow(c, id, false));
+      await notify(c, id, DISCONNECT_CHANNEL);
+      this.log.info({ tenant: id }, 'tenant sessions disconnected');
+      return record;
+    });
+  }
+
+  /**
+   * Ends the tenant's sessions on every proxy first (so none holds a lock the drop would wait for), then
+   * drops schema, role and rows in one transaction.
+   */
+  async drop(id: string): Promise<void> {
+    await this.disconnect(id);
     await this.transaction(async (c) => {
       const row = await findRow(c, id, true);
       if (row.role_name) {
@@ -172,7 +218,7 @@ export class TenantService {
     this.log.info({ tenant: id }, 'tenant dropped');
   }
 
-  private async setState(id: string, state: TenantState): Promise<TenantRecord> {
+  private async setState(id: string, state: TenantState, disconnect: boolean): Promise<TenantRecord> {
     validateTenantId(id);
     const record = await this.transaction(async (c) => {
       const row = await findRow(c, id, true);
@@ -182,9 +228,10 @@ export class TenantService {
         [id, state],
       );
       await notify(c, id);
+      if (disconnect) await notify(c, id, DISCONNECT_CHANNEL);
       return toRecord(rows[0]!);
     });
-    this.log.info({ tenant: id, state }, state === 'active' ? 'tenant resumed' : 'tenant suspended');
+    this.log.info({ tenant: id, state, disconnect }, state === 'active' ? 'tenant resumed' : 'tenant suspended');
     return record;
   }
 
@@ -275,7 +322,7 @@ async function findRow(c: pg.ClientBase, id: string, forUpdate: boolean): Promis
   return rows[0];
 }
 
-/** Delivered at COMMIT, so listeners never see a change that rolled back. */
-async function notify(c: pg.ClientBase, id: string): Promise<void> {
-  await c.query('SELECT pg_catalog.pg_notify($1, $2)', [TENANT_CHANNEL, id]);
+/** Inside a transaction, delivered at COMMIT, so listeners never see a change that rolled back. */
+async function notify(c: pg.ClientBase, id: string, channel = TENANT_CHANNEL): Promise<void> {
+  await c.query('SELECT pg_catalog.pg_notify($1, $2)', [channel, id]);
 }

@@ -2,6 +2,8 @@
 
 /** The NOTIFY channel of tenant changes; the payload is the tenant id. */
 export const TENANT_CHANNEL = 'pgtenant_tenants';
+/** The NOTIFY channel that asks every proxy to end a tenant's open sessions; the payload is the tenant id. */
+export const DISCONNECT_CHANNEL = 'pgtenant_disconnect';
 
 export type TenantState = 'active' | 'suspended';
 export type IsolationMode = 'role' | 'schema';
@@ -27,6 +29,21 @@ export interface TenantRow {
 }
 
 export const TENANT_COLUMNS = 'id, schema_name, role_name, state, created_at, updated_at';
+
+/** A tenant with what `show` adds: where its schema stands in the migration journal. */
+export interface TenantDetails extends TenantRecord {
+  /** The highest migration version applied, or null when none is. */
+  schemaVersion: string | null;
+  migrationsApplied: number;
+}
+
+export interface ListOptions {
+  /** At most this many, in id order. */
+  limit?: number;
+  /** Only ids after this one (the `next` cursor of the previous page). */
+  after?: string;
+  state?: TenantState;
+}
 
 export function toRecord(row: TenantRow): TenantRecord {
   return {

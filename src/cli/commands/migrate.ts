@@ -4,10 +4,11 @@ import path from 'node:path';
 import type { Argv } from 'yargs';
 import type { OptionName } from '../../config.js';
 import { DEFAULT_LOCK_TIMEOUT_MS } from '../../migrate/apply.js';
-import { planShared, planTenants, stamp, type StampScope, type TenantPlan } from '../../migrate/journal.js';
+import { stamp, type StampScope, type TenantPlan } from '../../migrate/journal.js';
 import { loadMigrations } from '../../migrate/loader.js';
 import { progressReporter } from '../../migrate/progress.js';
 import { defaultConcurrency, runMigrations, type RunSummary } from '../../migrate/runner.js';
+import { migrationStatus } from '../../migrate/status.js';
 import { columns, EXIT_FAILURE, EXIT_OK, UsageError, type Command } from '../command.js';
 import { withControlSchema, withUpstream } from '../upstream.js';
 
@@ -115,24 +116,18 @@ const status: Command = {
   builder: (y) => jsonFlag(tenantOption(dirAlias(y), 'Only this tenant (repeat for several)')),
   async run(args, ctx) {
     const files = await loadMigrations(ctx.config.migrationsDir);
-    const { shared, tenants } = await withControlSchema(ctx.config, ctx.log, async (c) => ({
-      shared: await planShared(c, files.shared),
-      tenants: await planTenants(c, files.tenant, tenantList(args)),
-    }));
-    const latest = files.tenant.at(-1)?.version ?? null;
-    const upToDate = tenants.filter((t) => !t.pending.length && !t.changed.length).length;
-    const changed = tenants.filter((t) => t.changed.length).length + (shared.changed.length ? 1 : 0);
-    const counts = { total: tenants.length, upToDate, behind: tenants.length - upToDate, changed };
+    const status = await withControlSchema(ctx.config, ctx.log, (c) => migrationStatus(c, files, tenantList(args)));
+    const { shared, tenants, latest } = status;
     if (args.json) {
-      ctx.out(JSON.stringify({ latest, tenantFiles: files.tenant.length, sharedFiles: files.shared.length, ...counts, shared, tenants }));
+      ctx.out(JSON.stringify(status));
     } else {
-      ctx.out(`migrations: ${files.tenant.length} tenant file(s)${latest ? `, latest ${latest}` : ''}; ${files.shared.length} shared file(s)`);
+      ctx.out(`migrations: ${status.tenantFiles} tenant file(s)${latest ? `, latest ${latest}` : ''}; ${status.sharedFiles} shared file(s)`);
       const sharedState = shared.changed.length ? `changed after applying: ${shared.changed.join(', ')}` : shared.pending.length ? `${shared.pending.length} pending` : 'up to date';
       ctx.out(`shared:  ${sharedState}${shared.current ? ` (at ${shared.current})` : ''}`);
-      ctx.out(`tenants: ${counts.total} total, ${upToDate} up to date, ${counts.behind} behind, ${tenants.filter((t) => t.changed.length).length} with changed files`);
+      ctx.out(`tenants: ${status.total} total, ${status.upToDate} up to date, ${status.behind} behind, ${tenants.filter((t) => t.changed.length).length} with changed files`);
       statusRows(tenants).forEach((line) => ctx.out(line));
     }
-    return changed ? EXIT_FAILURE : EXIT_OK;
+    return status.changed ? EXIT_FAILURE : EXIT_OK;
   },
 };
 

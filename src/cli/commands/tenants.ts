@@ -1,11 +1,11 @@
 // `pgtenant tenants create|list|show|suspend|resume|drop|import`: the lifecycle service from the command line.
 import type { Argv } from 'yargs';
-import type { OptionName } from '../../config.js';
 import { TenantService } from '../../tenants/service.js';
 import type { ImportResult } from '../../tenants/import.js';
 import type { TenantRecord } from '../../tenants/types.js';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, columns, type Command, type CommandContext } from '../command.js';
-import { migrationsDirFor, withUpstream } from '../upstream.js';
+import { withUpstream } from '../upstream.js';
+import { migrationsDirFor, type OptionName } from '../../config.js';
 
 const OPTIONS: readonly OptionName[] = ['upstream', 'isolation', 'migrationsDir'];
 

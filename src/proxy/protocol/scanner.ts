@@ -4,6 +4,14 @@ import { Backend, Frontend } from './constants.js';
 const HEADER = 5;
 const READY_FOR_QUERY = Backend.ReadyForQuery;
 const TERMINATE = Frontend.Terminate;
+const QUERY = Frontend.Query;
+const EXECUTE = Frontend.Execute;
+const SYNC = Frontend.Sync;
+const FUNCTION_CALL = Frontend.FunctionCall;
+const IDLE = 0x49; // 'I'
+
+/** Which end of the connection writes the stream: some type letters mean different messages on each side. */
+export type StreamSide = 'frontend' | 'backend';
 
 /**
  * Walks the type+length headers of a byte stream chunk by chunk, keeping only a
@@ -20,6 +28,16 @@ export class HeaderScanner {
   readyForQueryStatus = 0;
   sawTerminate = false;
 
+  // Counters read by the metrics at scrape time: a few integer additions per message, nothing allocated.
+  /** Frontend: Query and Execute messages, the client's statements. */
+  queries = 0;
+  /** Frontend: Query, Sync and FunctionCall messages, each answered by exactly one ReadyForQuery. */
+  syncs = 0;
+  /** Backend: ReadyForQuery messages. */
+  readies = 0;
+  /** Backend: ReadyForQuery(idle) after other messages, i.e. the end of a transaction, implicit or explicit. */
+  transactions = 0;
+
   /** 0 at a message boundary, else how many header bytes (1..4) are already seen. */
   private headerSeen = 0;
   private pendingType = 0;
@@ -28,6 +46,15 @@ export class HeaderScanner {
   private remaining = 0;
   /** The next body byte is a ReadyForQuery status. */
   private wantStatus = false;
+  /** Backend: messages since the last ReadyForQuery; a ReadyForQuery right after another closed no work. */
+  private sinceReady = 0;
+  private workBeforeReady = false;
+  private readonly frontend: boolean;
+
+  /** `side` only matters for the counters; framing is the same both ways. */
+  constructor(side: StreamSide = 'backend') {
+    this.frontend = side === 'frontend';
+  }
 
   /** True between messages: no header or body is half seen, so a whole message may be injected. */
   get atBoundary(): boolean {
@@ -43,6 +70,7 @@ export class HeaderScanner {
         if (this.wantStatus) {
           this.readyForQueryStatus = chunk[i]!;
           this.wantStatus = false;
+          if (this.readyForQueryStatus === IDLE && this.workBeforeReady) this.transactions++;
         }
         const step = Math.min(this.remaining, n - i);
         this.remaining -= step;
@@ -71,8 +99,19 @@ export class HeaderScanner {
     this.lastType = type;
     this.messages++;
     this.remaining = length - 4;
-    if (type === READY_FOR_QUERY) this.wantStatus = this.remaining > 0;
-    else if (type === TERMINATE) this.sawTerminate = true;
+    if (this.frontend) {
+      if (type === QUERY) {
+        this.queries++;
+        this.syncs++;
+      } else if (type === EXECUTE) this.queries++;
+      else if (type === SYNC || type === FUNCTION_CALL) this.syncs++;
+      else if (type === TERMINATE) this.sawTerminate = true;
+    } else if (type === READY_FOR_QUERY) {
+      this.wantStatus = this.remaining > 0;
+      this.readies++;
+      this.workBeforeReady = this.sinceReady > 0;
+      this.sinceReady = 0;
+    } else this.sinceReady++;
     return true;
   }
 }

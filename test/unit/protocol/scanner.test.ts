@@ -1,6 +1,6 @@
 // HeaderScanner against a whole-buffer reference: every split, one byte at a time, random splits, bad lengths.
 import { describe, expect, it } from 'vitest';
-import { HeaderScanner } from '../../../src/proxy/protocol/scanner.js';
+import { HeaderScanner, type StreamSide } from '../../../src/proxy/protocol/scanner.js';
 import { BackendWriter } from '../../../src/proxy/protocol/writer.js';
 import { bytewise, hex, prng, randomSplit, splitsInTwo, typed } from './bytes.js';
 
@@ -24,19 +24,51 @@ const fromClient = Buffer.concat([
   typed('X'),
 ]);
 
-type State = { lastType: number; messages: number; readyForQueryStatus: number; sawTerminate: boolean; atBoundary: boolean };
+type State = {
+  lastType: number;
+  messages: number;
+  readyForQueryStatus: number;
+  sawTerminate: boolean;
+  atBoundary: boolean;
+  queries: number;
+  syncs: number;
+  readies: number;
+  transactions: number;
+};
 
 /** What the scanner should report after seeing the first `seen` bytes, worked out on the whole buffer. */
-function reference(stream: Buffer, seen: number): State {
-  const state: State = { lastType: 0, messages: 0, readyForQueryStatus: 0, sawTerminate: false, atBoundary: seen === 0 };
+function reference(stream: Buffer, seen: number, side: StreamSide): State {
+  const state: State = {
+    lastType: 0,
+    messages: 0,
+    readyForQueryStatus: 0,
+    sawTerminate: false,
+    atBoundary: seen === 0,
+    queries: 0,
+    syncs: 0,
+    readies: 0,
+    transactions: 0,
+  };
+  const frontend = side === 'frontend';
+  let sinceReady = 0;
   let at = 0;
   while (at + 5 <= seen) {
-    const type = stream[at]!;
+    const type = String.fromCharCode(stream[at]!);
     const length = stream.readInt32BE(at + 1);
-    state.lastType = type;
+    state.lastType = stream[at]!;
     state.messages++;
-    if (type === 0x5a && at + 6 <= seen) state.readyForQueryStatus = stream[at + 5]!;
-    if (type === 0x58) state.sawTerminate = true;
+    if (frontend) {
+      if (type === 'Q' || type === 'E') state.queries++;
+      if (type === 'Q' || type === 'S' || type === 'F') state.syncs++;
+      if (type === 'X') state.sawTerminate = true;
+    } else if (type === 'Z') {
+      state.readies++;
+      if (at + 6 <= seen) {
+        state.readyForQueryStatus = stream[at + 5]!;
+        if (state.readyForQueryStatus === 0x49 && sinceReady > 0) state.transactions++;
+      }
+      sinceReady = 0;
+    } else sinceReady++;
     at += 1 + length;
     if (at === seen) state.atBoundary = true;
   }
@@ -49,38 +81,42 @@ const stateOf = (s: HeaderScanner): State => ({
   readyForQueryStatus: s.readyForQueryStatus,
   sawTerminate: s.sawTerminate,
   atBoundary: s.atBoundary,
+  queries: s.queries,
+  syncs: s.syncs,
+  readies: s.readies,
+  transactions: s.transactions,
 });
 
-function feed(chunks: Buffer[]): HeaderScanner {
-  const scanner = new HeaderScanner();
+function feed(chunks: Buffer[], side: StreamSide = 'backend'): HeaderScanner {
+  const scanner = new HeaderScanner(side);
   for (const chunk of chunks) expect(scanner.scan(chunk)).toBe(0);
   return scanner;
 }
 
 describe.each([
-  ['server to client', fromServer],
-  ['client to server', fromClient],
-])('HeaderScanner, %s', (_name, stream) => {
-  const whole = reference(stream, stream.length);
+  ['server to client', fromServer, 'backend'],
+  ['client to server', fromClient, 'frontend'],
+] as const)('HeaderScanner, %s', (_name, stream, side) => {
+  const whole = reference(stream, stream.length, side);
 
   it('sees every header in one chunk', () => {
-    expect(stateOf(feed([stream]))).toEqual(whole);
+    expect(stateOf(feed([stream], side))).toEqual(whole);
     expect(whole.atBoundary).toBe(true);
   });
 
   it('agrees with the reference after each byte, fed one byte at a time', () => {
-    const scanner = new HeaderScanner();
+    const scanner = new HeaderScanner(side);
     bytewise(stream).forEach((byte, i) => {
       expect(scanner.scan(byte)).toBe(0);
-      expect(stateOf(scanner)).toEqual(reference(stream, i + 1));
+      expect(stateOf(scanner)).toEqual(reference(stream, i + 1, side));
     });
   });
 
   it('agrees with the reference at every split point', () => {
     for (const [a, b] of splitsInTwo(stream)) {
-      const scanner = new HeaderScanner();
+      const scanner = new HeaderScanner(side);
       expect(scanner.scan(a!)).toBe(0);
-      expect(stateOf(scanner)).toEqual(reference(stream, a!.length));
+      expect(stateOf(scanner)).toEqual(reference(stream, a!.length, side));
       expect(scanner.scan(b!)).toBe(0);
       expect(stateOf(scanner)).toEqual(whole);
     }
@@ -88,7 +124,7 @@ describe.each([
 
   it('ends in the same state for random splits (seeded)', () => {
     const random = prng(42);
-    for (let i = 0; i < 200; i++) expect(stateOf(feed(randomSplit(stream, random, 64)))).toEqual(whole);
+    for (let i = 0; i < 200; i++) expect(stateOf(feed(randomSplit(stream, random, 64), side))).toEqual(whole);
   });
 });
 
@@ -99,10 +135,37 @@ describe('HeaderScanner specifics', () => {
     expect(String.fromCharCode(server.lastType)).toBe('d');
     expect(server.messages).toBe(12);
     expect(server.sawTerminate).toBe(false);
-    const client = feed([fromClient]);
+    const client = feed([fromClient], 'frontend');
     expect(client.sawTerminate).toBe(true);
     expect(client.readyForQueryStatus).toBe(0);
     expect(client.messages).toBe(6);
+  });
+
+  it('counts statements, sync points, ReadyForQuery and transactions on the side each belongs to', () => {
+    // Client: Q (statement, sync), P, B, E (statement), S (sync), X.
+    const client = feed([fromClient], 'frontend');
+    expect({ queries: client.queries, syncs: client.syncs, readies: client.readies }).toEqual({ queries: 2, syncs: 2, readies: 0 });
+    // The same bytes read as a server stream: 'E' is ErrorResponse and 'S' ParameterStatus there, not counted.
+    expect(feed([fromClient], 'backend').queries).toBe(0);
+    // Server: Z(I) right after the startup messages, Z(T) after SELECT, Z(E) after an error: a transaction only
+    // ends at an idle ReadyForQuery, and the first one follows the login messages.
+    const server = feed([fromServer]);
+    expect({ readies: server.readies, transactions: server.transactions }).toEqual({ readies: 3, transactions: 1 });
+  });
+
+  it('counts autocommit statements and explicit transactions once each, and a bare Sync not at all', () => {
+    const w = new BackendWriter();
+    const stream = Buffer.concat([
+      typed('C', 'SELECT 1\0'), w.readyForQuery('I').flush(), // autocommit statement
+      w.readyForQuery('I').flush(), // a Sync with nothing before it
+      typed('C', 'BEGIN\0'), w.readyForQuery('T').flush(),
+      typed('C', 'INSERT 0 1\0'), w.readyForQuery('T').flush(),
+      typed('C', 'COMMIT\0'), w.readyForQuery('I').flush(),
+    ]);
+    for (const chunks of [[stream], bytewise(stream)]) {
+      const s = feed(chunks);
+      expect({ readies: s.readies, transactions: s.transactions }).toEqual({ readies: 5, transactions: 2 });
+    }
   });
 
   it('picks up a ReadyForQuery status byte that arrives in the next chunk', () => {

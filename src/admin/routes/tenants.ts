@@ -1,0 +1,117 @@
+// Tenant lifecycle over HTTP: the same TenantService as `pgtenant tenants`.
+import { emptyConnections } from '../../proxy/activity.js';
+import type { TenantState } from '../../tenants/types.js';
+import type { AdminContext, AdminRoute } from '../context.js';
+import { badRequest } from '../errors.js';
+import { idParams, tenant, tenantDetails, tenantId } from '../schemas.js';
+
+const MAX_PAGE = 1000;
+
+export const tenantRoutes = (ctx: AdminContext): AdminRoute[] => [
+  {
+    method: 'GET',
+    url: '/v1/tenants',
+    summary: 'List tenants in id order, a page at a time (pass `next` back as `after`)',
+    schema: {
+      querystring: {
+        type: 'object',
+        additionalProperties: false,
+        properties: {
+          limit: { type: 'integer', minimum: 1, maximum: MAX_PAGE, default: 100 },
+          after: tenantId,
+          state: { type: 'string', enum: ['active', 'suspended'] },
+        },
+      },
+      response: {
+        200: {
+          type: 'object',
+          required: ['tenants', 'next'],
+          properties: { tenants: { type: 'array', items: tenant }, next: { type: ['string', 'null'] } },
+        },
+      },
+    },
+    handler: async (req) => {
+      const q = req.query as { limit: number; after?: string; state?: TenantState };
+      // One extra row tells whether another page follows.
+      const rows = await ctx.tenants.list({ limit: q.limit + 1, ...(q.after ? { after: q.after } : {}), ...(q.state ? { state: q.state } : {}) });
+      const page = rows.slice(0, q.limit);
+      return { tenants: page, next: rows.length > q.limit ? page.at(-1)!.id : null };
+    },
+  },
+  {
+    method: 'POST',
+    url: '/v1/tenants',
+    summary: 'Create a tenant (role, schema, registry row) and apply the tenant migrations',
+    schema: {
+      body: {
+        type: 'object',
+        required: ['id'],
+        additionalProperties: false,
+        properties: {
+          id: tenantId,
+          password: { type: 'string', minLength: 8, maxLength: 1024, description: 'Role isolation only; generated and returned once when absent' },
+        },
+      },
+      response: {
+        201: {
+          type: 'object',
+          required: ['tenant', 'password', 'migrationsApplied'],
+          properties: { tenant, password: { type: ['string', 'null'], description: 'The generated password, shown this once' }, migrationsApplied: { type: 'integer' } },
+        },
+      },
+    },
+    handler: async (req, reply) => {
+      const body = req.body as { id: string; password?: string };
+      const created = await ctx.tenants.create(body.id, body.password === undefined ? {} : { password: body.password });
+      return reply.code(201).header('location', `/v1/tenants/${created.tenant.id}`).send(created);
+    },
+  },
+  {
+    method: 'GET',
+    url: '/v1/tenants/:id',
+    summary: "A tenant with its schema version and this instance's live connections",
+    schema: { params: idParams, response: { 200: tenantDetails } },
+    handler: async (req) => {
+      const { id } = req.params as { id: string };
+      const details = await ctx.tenants.details(id);
+      const live = ctx.proxy.connections().find((c) => c.tenant === id) ?? emptyConnections(id);
+      return { ...details, connections: { clients: live.clients, servers: live.servers } };
+    },
+  },
+  {
+    method: 'PATCH',
+    url: '/v1/tenants/:id',
+    summary: 'Suspend (new sessions refused at once; ?disconnect=true also ends open ones) or resume a tenant',
+    schema: {
+      params: idParams,
+      querystring: { type: 'object', additionalProperties: false, properties: { disconnect: { type: 'boolean', default: false } } },
+      body: { type: 'object', required: ['state'], additionalProperties: false, properties: { state: { type: 'string', enum: ['active', 'suspended'] } } },
+      response: { 200: tenant },
+    },
+    handler: async (req) => {
+      const { id } = req.params as { id: string };
+      const { state } = req.body as { state: TenantState };
+      const { disconnect } = req.query as { disconnect: boolean };
+      return state === 'active' ? ctx.tenants.resume(id) : ctx.tenants.suspend(id, { disconnect });
+    },
+  },
+  {
+    method: 'DELETE',
+    url: '/v1/tenants/:id',
+    summary: 'Drop a tenant: ends its sessions, then drops schema, role and rows in one transaction (?confirm={id} required)',
+    schema: {
+      params: idParams,
+      querystring: { type: 'object', additionalProperties: false, properties: { confirm: { type: 'string' } } },
+      response: { 200: { type: 'object', required: ['id', 'dropped'], properties: { id: { type: 'string' }, dropped: { type: 'boolean' } } } },
+    },
+    handler: async (req) => {
+      const { id } = req.params as { id: string };
+      const { confirm } = req.query as { confirm?: string };
+      if (confirm !== id) {
+        throw badRequest('confirmation_required', `dropping deletes the tenant's data for good: repeat its id as ?confirm=${id}`, 'confirm');
+      }
+      await ctx.tenants.drop(id);
+      return { id, dropped: true };
+    },
+  },
+];

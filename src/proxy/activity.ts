@@ -1,0 +1,53 @@
+// What the proxy tells metrics and the admin API: session events as they happen, connection states on demand.
+
+/** A client's state; `login` until authenticated, then as of the last ReadyForQuery it was sent. */
+export type ClientState = 'login' | 'idle' | 'active' | 'idle_in_transaction' | 'idle_in_transaction_aborted';
+export const CLIENT_STATES: readonly ClientState[] = ['login', 'idle', 'active', 'idle_in_transaction', 'idle_in_transaction_aborted'];
+
+/** A backend connection's state: `login` while its client authenticates, `active` while linked to a relaying client. */
+export type ServerState = 'login' | 'active';
+export const SERVER_STATES: readonly ServerState[] = ['login', 'active'];
+
+/** Running totals of one session, read from the relay's header scanners (nothing is parsed for them). */
+export interface SessionCounters {
+  bytesIn: number;
+  bytesOut: number;
+  /** Query and Execute messages from the client. */
+  queries: number;
+  /** Transactions the server finished (ReadyForQuery back to idle after work). */
+  transactions: number;
+}
+
+export interface TenantConnections {
+  /** null for clients that have not authenticated yet: a claimed tenant is not reported. */
+  tenant: string | null;
+  clients: Record<ClientState, number>;
+  servers: Record<ServerState, number>;
+}
+
+/** Hooks the proxy calls; the admin API's metrics implement them. Each is called synchronously and must not throw. */
+export interface ProxyObserver {
+  /** A client authenticated and its session relays from now on. */
+  sessionStarted(tenant: string): void;
+  /** A client was refused before relaying, with the SQLSTATE it was sent. */
+  sessionRefused(sqlstate: string): void;
+  /** A session ended; called in the same tick it leaves the live set, so totals never count it twice. */
+  sessionEnded(tenant: string | null, counters: SessionCounters): void;
+  /** A backend connection was opened (TCP, and TLS where used), taking `seconds`. */
+  backendConnected(seconds: number): void;
+}
+
+export const NO_OBSERVER: ProxyObserver = Object.freeze({
+  sessionStarted: () => undefined,
+  sessionRefused: () => undefined,
+  sessionEnded: () => undefined,
+  backendConnected: () => undefined,
+});
+
+export function emptyConnections(tenant: string | null): TenantConnections {
+  return {
+    tenant,
+    clients: Object.fromEntries(CLIENT_STATES.map((s) => [s, 0])) as Record<ClientState, number>,
+    servers: Object.fromEntries(SERVER_STATES.map((s) => [s, 0])) as Record<ServerState, number>,
+  };
+}

@@ -1,0 +1,84 @@
+// The proxy and its admin API as one unit: management pool, tenant service, metrics and migration jobs, closed together.
+import pg from 'pg';
+import { adminToken } from './admin/auth.js';
+import { AdminError, unavailable } from './admin/errors.js';
+import { Metrics } from './admin/metrics.js';
+import { MigrationService } from './admin/migrations.js';
+import { startAdminServer, type AdminServer } from './admin/server.js';
+import { migrationsDirFor, requireUpstream, type Config } from './config.js';
+import type { Logger } from './logger.js';
+import { startProxy, type ProxyServer } from './proxy/server.js';
+import { TenantService } from './tenants/service.js';
+
+export interface Runtime {
+  readonly proxy: ProxyServer;
+  /** null with --admin-listen off. */
+  readonly admin: AdminServer | null;
+  /** The admin token, and whether it was generated for this process. */
+  readonly adminToken: { token: string; generated: boolean } | null;
+  readonly metrics: Metrics;
+  /** Drains the proxy (the admin API answers /readyz 503 meanwhile), then stops everything. */
+  close(graceMs?: number): Promise<void>;
+}
+
+/** Resolves when `p` does, or rejects after `ms`: a blackholed upstream must not hang /readyz. */
+async function within<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('timeout')), ms)));
+  try {
+    return await Promise.race([p, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export async function startRuntime({ config, log }: { config: Config; log: Logger }): Promise<Runtime> {
+  const upstream = requireUpstream(config);
+  // Decided before anything listens: a public admin address without a token is a configuration error.
+  const token = config.adminListen ? adminToken(config.adminListen, config.adminToken) : null;
+  const metrics = new Metrics({ tenantLimit: config.metricsTenantLimit });
+  const proxy = await startProxy({ config, log, observer: metrics });
+  metrics.attachProxy(proxy);
+  if (!config.adminListen || !token) {
+    return { proxy, admin: null, adminToken: null, metrics, close: (grace) => proxy.close(grace) };
+  }
+
+  const pool = new pg.Pool({ connectionString: upstream, max: 4, application_name: 'pgtenant-admin', connectionTimeoutMillis: config.connectTimeout });
+  pool.on('error', (err) => log.warn({ err: err.message }, 'idle admin connection lost'));
+  const migrationsDir = migrationsDirFor(config);
+  const tenants = new TenantService(pool, { isolation: config.isolation, migrationsDir, log });
+  const migrations = new MigrationService({ upstream, migrationsDir, connectTimeout: config.connectTimeout, pool, log, events: metrics });
+  metrics.attachJobs(migrations);
+  const ready = async (): Promise<void> => {
+    if (proxy.closing) throw unavailable('shutting_down', 'the proxy is shutting down');
+    try {
+      await within(pool.query('SELECT 1'), config.connectTimeout);
+    } catch (err) {
+      if (err instanceof AdminError) throw err;
+      throw unavailable('upstream_unavailable', `the upstream PostgreSQL server cannot be reached: ${(err as Error).message}`);
+    }
+  };
+
+  let admin: AdminServer;
+  try {
+    admin = await startAdminServer({ listen: config.adminListen, token: token.token, log, context: { tenants, proxy, migrations, metrics, ready } });
+  } catch (err) {
+    await proxy.close(0);
+    await pool.end();
+    throw err;
+  }
+  if (token.generated) {
+    log.warn({ adminToken: token.token }, 'no --admin-token given: generated one for this process (set PGTENANT_ADMIN_TOKEN to choose it)');
+  }
+  return {
+    proxy,
+    admin,
+    adminToken: token,
+    metrics,
+    async close(graceMs) {
+      await Promise.all([proxy.close(graceMs), migrations.close()]);
+      await admin.close();
+      await pool.end();
+    },
+  };
+}
