@@ -13,7 +13,13 @@ export function isLoopback(host: string): boolean {
  * made for this process (`generated`), so the API is never open, even to other local users.
  */
 export function adminToken(listen: HostPort, configured: string | undefined): { token: string; generated: boolean } {
-  if (configured) return { token: configured, generated: false };
+  if (configured) {
+    // RFC 6750's token characters: anything else could never be sent in an Authorization header.
+    if (!/^[A-Za-z0-9\-._~+/]+=*$/.test(configured)) {
+      throw new ConfigError('--admin-token: use letters, digits and - . _ ~ + / (optionally ending in =), no spaces');
+    }
+    return { token: configured, generated: false };
+  }
   if (!isLoopback(listen.host)) {
     throw new ConfigError(
       `refusing to serve the admin API on ${listen.host}:${listen.port} without a token: set --admin-token or PGTENANT_ADMIN_TOKEN`,

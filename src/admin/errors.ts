@@ -42,8 +42,9 @@ const FASTIFY_ERRORS: Record<string, [number, string]> = {
   FST_ERR_CTP_BODY_TOO_LARGE: [413, 'body_too_large'],
 };
 
-/** A bad value in these fields carries the same code the lifecycle service uses for it. */
+/** A bad value in these fields carries the same code the lifecycle service uses for it, and back. */
 const FIELD_CODES: Record<string, string> = { id: 'invalid_tenant_id', password: 'invalid_password' };
+const CODE_FIELDS: Record<string, string> = Object.fromEntries(Object.entries(FIELD_CODES).map(([f, c]) => [c, f]));
 
 interface ValidationIssue {
   instancePath: string;
@@ -56,9 +57,12 @@ const UPSTREAM_DOWN = /^(08|57P0[1-3])|^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTF
 function fromValidation(err: { message: string; validation: ValidationIssue[]; validationContext?: string }): AdminError {
   const issue = err.validation[0];
   const path = issue?.instancePath.replace(/^\//, '').replace(/\//g, '.') ?? '';
-  const field = path || (typeof issue?.params.missingProperty === 'string' ? issue.params.missingProperty : '') || err.validationContext || '';
+  // A missing or unknown property is reported on its parent: name the property itself.
+  const named = issue?.params.missingProperty ?? issue?.params.additionalProperty;
+  const field = [path, typeof named === 'string' ? named : ''].filter(Boolean).join('.') || err.validationContext || '';
   const top = field.split('.')[0]!;
-  return new AdminError(400, FIELD_CODES[top] ?? 'invalid_request', err.message, field || undefined);
+  const message = issue?.params.additionalProperty !== undefined ? `${err.message}: '${field}'` : err.message;
+  return new AdminError(400, FIELD_CODES[top] ?? 'invalid_request', message, field || undefined);
 }
 
 function isUpstreamDown(err: unknown): boolean {
@@ -71,12 +75,16 @@ function isUpstreamDown(err: unknown): boolean {
 /** Any error to the one shape the API answers with; `internal` is true when it is a bug worth logging. */
 export function toAdminError(err: unknown): { error: AdminError; internal: boolean } {
   if (err instanceof AdminError) return { error: err, internal: false };
-  if (err instanceof TenantError) return { error: new AdminError(TENANT_STATUS[err.code] ?? 500, err.code, err.message), internal: TENANT_STATUS[err.code] === 500 };
-  const e = err as { code?: string; validation?: ValidationIssue[]; statusCode?: number; message?: string };
+  if (err instanceof TenantError) {
+    const status = TENANT_STATUS[err.code] ?? 500;
+    return { error: new AdminError(status, err.code, err.message, CODE_FIELDS[err.code]), internal: status === 500 };
+  }
+  // `throw null` and rejections with nothing still leave as an internal error, not as a TypeError here.
+  const e = (typeof err === 'object' && err !== null ? err : {}) as { code?: string; validation?: ValidationIssue[]; statusCode?: number; message?: string };
   if (Array.isArray(e.validation)) return { error: fromValidation(e as never), internal: false };
   const known = e.code ? FASTIFY_ERRORS[e.code] : undefined;
   if (known) return { error: new AdminError(known[0], known[1], e.message ?? known[1]), internal: false };
-  if (isUpstreamDown(err)) return { error: unavailable('upstream_unavailable', 'the upstream PostgreSQL server cannot be reached'), internal: false };
+  if (isUpstreamDown(e)) return { error: unavailable('upstream_unavailable', 'the upstream PostgreSQL server cannot be reached'), internal: false };
   if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
     return { error: new AdminError(e.statusCode, 'invalid_request', e.message ?? 'invalid request'), internal: false };
   }

@@ -79,6 +79,10 @@ export class Metrics implements ProxyObserver {
     this.labels = new TenantLabels(opts.tenantLimit);
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
+    // Gauges named like counters, which Prometheus's own checker (promtool check metrics) rejects.
+    for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
+      this.registry.removeSingleMetric(name);
+    }
     const metrics = this;
 
     for (const [name, help, field] of [

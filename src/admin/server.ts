@@ -1,6 +1,7 @@
 // The admin HTTP server (fastify): token check before anything else, the route table, one error shape, OpenAPI.
 import { readFileSync } from 'node:fs';
 import swagger from '@fastify/swagger';
+import { Ajv } from 'ajv';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { HostPort } from '../config.js';
 import type { Logger } from '../logger.js';
@@ -45,9 +46,13 @@ export async function buildAdminApp(opts: Omit<AdminServerOptions, 'listen'>): P
     // A line per request would drown the proxy's own; failures are logged by the error handler.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: BODY_LIMIT,
-    // Unknown fields are an error to report, not something to drop quietly.
-    ajv: { customOptions: { removeAdditional: false } },
   });
+  // Unknown fields are an error to report, not something to drop quietly. Query strings and paths are text, so
+  // their numbers and booleans are converted; a JSON body already has types, and a wrong one is an error
+  // (a password of 12345678 must not quietly become "12345678").
+  const strict = new Ajv({ coerceTypes: false, useDefaults: true, removeAdditional: false, allErrors: false });
+  const lenient = new Ajv({ coerceTypes: 'array', useDefaults: true, removeAdditional: false, allErrors: false });
+  app.setValidatorCompiler(({ schema, httpPart }) => (httpPart === 'body' ? strict : lenient).compile(schema));
   // JSON only: a text/plain body gets 415 rather than a confusing validation error.
   app.removeContentTypeParser(['text/plain']);
   await app.register(swagger, {

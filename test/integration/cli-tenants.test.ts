@@ -87,7 +87,8 @@ describe('init and the tenant lifecycle', () => {
 
     const show = await runCli(['tenants', 'show', id, '--json', ...up()]);
     expect(show.code, show.stderr).toBe(0);
-    expect(JSON.parse(show.stdout)).toMatchObject({ id, state: 'active' });
+    expect(JSON.parse(show.stdout)).toMatchObject({ id, state: 'active', schemaVersion: '20260103000000', migrationsApplied: 3 });
+    expect((await runCli(['tenants', 'show', id, ...up()])).stdout).toMatch(/^version: +20260103000000 \(3 applied\)$/m);
     const text = await runCli(['tenants', 'list', ...up()]);
     expect(text.stdout).toMatch(new RegExp(`^${id}\\s+active\\s+${id}\\s+${id}\\s`, 'm'));
   });
@@ -101,6 +102,28 @@ describe('init and the tenant lifecycle', () => {
     expect(JSON.parse((await runCli(['tenants', 'show', id, '--json', ...up()])).stdout).state).toBe('active');
   });
 
+  it('suspend --disconnect and disconnect ask every proxy to end the sessions (NOTIFY pgtenant_disconnect)', async () => {
+    const listener = new pg.Client({ connectionString: db.url });
+    await listener.connect();
+    const heard: string[] = [];
+    listener.on('notification', (n) => heard.push(`${n.channel}:${n.payload}`));
+    await listener.query('LISTEN pgtenant_disconnect');
+    try {
+      const d = await runCli(['tenants', 'disconnect', id, ...up()]);
+      expect(d.code, d.stderr).toBe(0);
+      const plain = await runCli(['tenants', 'suspend', id, ...up()]);
+      expect(plain.code, plain.stderr).toBe(0);
+      const s = await runCli(['tenants', 'suspend', id, '--disconnect', ...up()]);
+      expect(s.code, s.stderr).toBe(0);
+      expect(s.stdout).toMatch(/suspended, open sessions disconnected/);
+      await listener.query('SELECT 1'); // notifications sent before this round trip have arrived
+      expect(heard).toEqual([`pgtenant_disconnect:${id}`, `pgtenant_disconnect:${id}`]);
+      expect((await runCli(['tenants', 'resume', id, ...up()])).code).toBe(0);
+    } finally {
+      await listener.end();
+    }
+  });
+
   it('drop needs --yes (exit 2), then removes the tenant; an unknown tenant is exit 1', async () => {
     const refused = await runCli(['tenants', 'drop', id, ...up()]);
     expect(refused.code).toBe(2);
@@ -109,7 +132,7 @@ describe('init and the tenant lifecycle', () => {
 
     const dropped = await runCli(['tenants', 'drop', id, '--yes', ...up()]);
     expect(dropped.code, dropped.stderr).toBe(0);
-    for (const args of [['show', id], ['suspend', id], ['drop', id, '--yes']]) {
+    for (const args of [['show', id], ['suspend', id], ['disconnect', id], ['drop', id, '--yes']]) {
       const r = await runCli(['tenants', ...args, ...up()]);
       expect(r.code).toBe(1);
       expect(oneLine(r.stderr)).toBe(`pgtenant: tenant '${id}' not found`);

@@ -14,6 +14,7 @@ import {
   rawExchange,
   rejection,
   sessionEnd,
+  sleep,
   startupMessage,
   type ProxyFixture,
   type TestProxy,
@@ -114,13 +115,13 @@ describe('passwords (SCRAM-SHA-256, the default)', () => {
 });
 
 describe('suspended and dropped tenants', () => {
-  it('suspend ends open sessions; a suspended tenant gets 57P03 with the right password, 28P01 with a wrong one; resume lets it in', async () => {
+  it('suspend leaves open sessions running; a suspended tenant gets 57P03 with the right password, 28P01 with a wrong one; resume lets it in', async () => {
     const tenant = await newTenant('susp');
     const open = await connectAs(tenant, PASSWORD);
-    const ended = sessionEnd(open, 3000);
     await fx.tenants.suspend(tenant);
-    const { error } = await ended;
-    if (error) expect(error.code).toBe('57P01');
+    await sleep(300); // long enough for the proxy to hear the NOTIFY
+    expect((await open.query('SELECT current_user AS u')).rows).toEqual([{ u: tenant }]);
+    await open.end();
 
     const refused = await rejection(connectAs(tenant, PASSWORD));
     expect(refused.code).toBe('57P03');
@@ -131,6 +132,16 @@ describe('suspended and dropped tenants', () => {
     const again = await connectAs(tenant, PASSWORD);
     expect((await again.query('SELECT current_schema() AS s')).rows).toEqual([{ s: tenant }]);
     await again.end();
+  });
+
+  it('suspend with disconnect ends open sessions with 57P01', async () => {
+    const tenant = await newTenant('suspd');
+    const open = await connectAs(tenant, PASSWORD);
+    const ended = sessionEnd(open, 3000);
+    await fx.tenants.suspend(tenant, { disconnect: true });
+    const { error } = await ended;
+    expect(error?.code).toBe('57P01');
+    expect((await rejection(connectAs(tenant, PASSWORD))).code).toBe('57P03');
   });
 
   it('drop ends open sessions within a couple of seconds and the tenant is then unknown', async () => {

@@ -118,7 +118,12 @@ export function parseMetrics(text: string): Sample[] {
   const samples: Sample[] = [];
   for (const f of families) {
     for (const m of f.metrics) {
-      if (m.value !== undefined) samples.push({ name: f.name, labels: m.labels ?? {}, value: Number(m.value) });
+      const labels = m.labels ?? {};
+      if (m.value !== undefined) samples.push({ name: f.name, labels, value: Number(m.value) });
+      // Histograms come back as one object: spread them into the series the exposition has.
+      for (const [le, v] of Object.entries(m.buckets ?? {})) samples.push({ name: `${f.name}_bucket`, labels: { ...labels, le }, value: Number(v) });
+      if (m.count !== undefined) samples.push({ name: `${f.name}_count`, labels, value: Number(m.count) });
+      if (m.sum !== undefined) samples.push({ name: `${f.name}_sum`, labels, value: Number(m.sum) });
     }
   }
   return samples;

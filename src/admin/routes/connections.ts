@@ -42,8 +42,11 @@ export const connectionRoutes = (ctx: AdminContext): AdminRoute[] => [
     },
     handler: async (req) => {
       const { id } = req.params as { id: string };
+      await ctx.tenants.get(id); // 404 before anything is ended
+      // Count here first: this proxy hears its own NOTIFY too, and may have ended them before the reply counted.
+      const disconnected = ctx.proxy.disconnectTenant(id, `an administrator disconnected tenant "${id}"`);
       await ctx.tenants.disconnect(id);
-      return { tenant: id, disconnected: ctx.proxy.disconnectTenant(id, `an administrator disconnected tenant "${id}"`) };
+      return { tenant: id, disconnected };
     },
   },
 ];

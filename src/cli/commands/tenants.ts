@@ -2,7 +2,7 @@
 import type { Argv } from 'yargs';
 import { TenantService } from '../../tenants/service.js';
 import type { ImportResult } from '../../tenants/import.js';
-import type { TenantRecord } from '../../tenants/types.js';
+import type { TenantDetails, TenantRecord } from '../../tenants/types.js';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, columns, type Command, type CommandContext } from '../command.js';
 import { withUpstream } from '../upstream.js';
 import { migrationsDirFor, type OptionName } from '../../config.js';
@@ -18,12 +18,13 @@ function withService<T>(ctx: CommandContext, fn: (svc: TenantService) => Promise
 const idArg = (y: Argv): Argv => y.positional('id', { type: 'string', describe: 'Tenant id (lowercase identifier)' });
 const jsonFlag = (y: Argv): Argv => y.option('json', { type: 'boolean', describe: 'Print JSON' });
 
-function showLines(t: TenantRecord): string[] {
+function showLines(t: TenantDetails): string[] {
   return [
     `id:       ${t.id}`,
     `state:    ${t.state}`,
     `schema:   ${t.schema}`,
     `role:     ${t.role ?? '(shared login role: schema isolation)'}`,
+    `version:  ${t.schemaVersion ?? '(no migration applied)'} (${t.migrationsApplied} applied)`,
     `created:  ${t.createdAt.toISOString()}`,
     `updated:  ${t.updatedAt.toISOString()}`,
   ];
@@ -69,30 +70,48 @@ const show: Command = {
   options: OPTIONS,
   builder: (y) => jsonFlag(idArg(y)),
   async run(args, ctx) {
-    const t = await withService(ctx, (svc) => svc.get(String(args.id)));
+    const t = await withService(ctx, (svc) => svc.details(String(args.id)));
     if (args.json) ctx.out(JSON.stringify(t));
     else showLines(t).forEach((line) => ctx.out(line));
     return EXIT_OK;
   },
 };
 
-/** suspend and resume differ only in the service call and the words. */
-function stateCommand(name: 'suspend' | 'resume', describe: string, done: string): Command {
-  return {
-    command: `${name} <id>`,
-    describe,
-    options: OPTIONS,
-    builder: idArg,
-    async run(args, ctx) {
-      const t = await withService(ctx, (svc) => svc[name](String(args.id)));
-      ctx.out(`tenant ${t.id} ${done}`);
-      return EXIT_OK;
-    },
-  };
-}
+const suspend: Command = {
+  command: 'suspend <id>',
+  describe: 'Suspend a tenant: new connections are refused at once (its role loses LOGIN); open ones carry on unless --disconnect',
+  options: OPTIONS,
+  builder: (y) => idArg(y).option('disconnect', { type: 'boolean', describe: "Also end the tenant's open sessions on every proxy" }),
+  async run(args, ctx) {
+    const t = await withService(ctx, (svc) => svc.suspend(String(args.id), { disconnect: args.disconnect === true }));
+    ctx.out(`tenant ${t.id} suspended${args.disconnect ? ', open sessions disconnected' : ''}`);
+    return EXIT_OK;
+  },
+};
 
-const suspend = stateCommand('suspend', 'Suspend a tenant: new connections are refused (its role loses LOGIN)', 'suspended');
-const resume = stateCommand('resume', 'Resume a suspended tenant', 'active');
+const resume: Command = {
+  command: 'resume <id>',
+  describe: 'Resume a suspended tenant',
+  options: OPTIONS,
+  builder: idArg,
+  async run(args, ctx) {
+    const t = await withService(ctx, (svc) => svc.resume(String(args.id)));
+    ctx.out(`tenant ${t.id} active`);
+    return EXIT_OK;
+  },
+};
+
+const disconnect: Command = {
+  command: 'disconnect <id>',
+  describe: "End a tenant's open sessions on every proxy (they get 57P01); the tenant stays active",
+  options: OPTIONS,
+  builder: idArg,
+  async run(args, ctx) {
+    const t = await withService(ctx, (svc) => svc.disconnect(String(args.id)));
+    ctx.out(`tenant ${t.id}: every proxy was asked to end its sessions`);
+    return EXIT_OK;
+  },
+};
 
 const drop: Command = {
   command: 'drop <id>',
@@ -153,7 +172,7 @@ const importSchemas: Command = {
 
 export const tenantsCommand: Command = {
   command: 'tenants',
-  describe: 'Create, list, show, suspend, resume, drop and import tenants',
+  describe: 'Create, list, show, suspend, resume, disconnect, drop and import tenants',
   options: OPTIONS,
-  subcommands: [create, list, show, suspend, resume, drop, importSchemas],
+  subcommands: [create, list, show, suspend, resume, disconnect, drop, importSchemas],
 };
