@@ -103,30 +103,23 @@ export class Metrics implements ProxyObserver {
       });
     }
 
-    new Gauge({
-      name: 'pgtenant_client_connections',
-      help: 'Client connections by tenant and state (login: not yet authenticated)',
-      labelNames: ['tenant', 'state'],
-      registers,
-      collect() {
-        this.reset();
-        for (const t of metrics.proxy?.connections() ?? []) {
-          for (const [state, n] of Object.entries(t.clients)) if (n > 0) this.inc({ tenant: metrics.labels.of(t.tenant), state }, n);
-        }
-      },
-    });
-    new Gauge({
-      name: 'pgtenant_server_connections',
-      help: 'Backend connections by tenant and state (login: its client is authenticating; active: linked to a client)',
-      labelNames: ['tenant', 'state'],
-      registers,
-      collect() {
-        this.reset();
-        for (const t of metrics.proxy?.connections() ?? []) {
-          for (const [state, n] of Object.entries(t.servers)) if (n > 0) this.inc({ tenant: metrics.labels.of(t.tenant), state }, n);
-        }
-      },
-    });
+    for (const [name, help, side] of [
+      ['pgtenant_client_connections', 'Client connections by tenant and state (login: not yet authenticated)', 'clients'],
+      ['pgtenant_server_connections', 'Backend connections by tenant and state (login: its client is authenticating; active: linked to a client)', 'servers'],
+    ] as const) {
+      new Gauge({
+        name,
+        help,
+        labelNames: ['tenant', 'state'],
+        registers,
+        collect() {
+          this.reset();
+          for (const t of metrics.proxy?.connections() ?? []) {
+            for (const [state, n] of Object.entries(t[side])) if (n > 0) this.inc({ tenant: metrics.labels.of(t.tenant), state }, n);
+          }
+        },
+      });
+    }
     this.sessionsStarted = new Counter({
       name: 'pgtenant_sessions_started_total',
       help: 'Client sessions that authenticated and started relaying',

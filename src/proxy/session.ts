@@ -138,14 +138,12 @@ export class Session {
       this.client.close();
       return 'client_gone';
     }
-    if (err instanceof PgError) {
-      if (!this.relay) this.deps.observer.sessionRefused(err.code);
-      this.client.refuse(err);
-      return `error ${err.code}: ${err.message}`;
-    }
-    this.log.error({ err }, 'session failed');
-    this.client.refuse(new PgError('XX000', 'internal error in pgtenant'));
-    return 'internal_error';
+    const internal = !(err instanceof PgError);
+    if (internal) this.log.error({ err }, 'session failed');
+    const refusal = internal ? new PgError('XX000', 'internal error in pgtenant') : err;
+    if (!this.relay) this.deps.observer.sessionRefused(refusal.code);
+    this.client.refuse(refusal);
+    return internal ? 'internal_error' : `error ${refusal.code}: ${refusal.message}`;
   }
 
   /** Startup-phase packets until a StartupMessage; null when the connection was a CancelRequest. */

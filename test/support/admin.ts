@@ -5,9 +5,9 @@ import parsePrometheus from 'parse-prometheus-text-format';
 import { resolveConfig } from '../../src/config.js';
 import { silentLogger } from '../../src/logger.js';
 import { startRuntime, type Runtime } from '../../src/runtime.js';
-import { installControlSchema } from '../../src/tenants/control-schema.js';
 import { TenantService } from '../../src/tenants/service.js';
-import { freshDatabase, type TestDatabase } from './db.js';
+import type { TestDatabase } from './db.js';
+import { initializedDatabase } from './proxy.js';
 
 export interface HttpReply {
   status: number;
@@ -41,15 +41,7 @@ export interface AdminFixtureOptions {
 }
 
 export async function adminFixture(opts: AdminFixtureOptions = {}): Promise<AdminFixture> {
-  const db = await freshDatabase();
-  const admin = new pg.Pool({ connectionString: db.url, max: 3 });
-  admin.on('error', () => undefined);
-  const c = await admin.connect();
-  try {
-    await installControlSchema(c);
-  } finally {
-    c.release();
-  }
+  const { db, admin } = await initializedDatabase();
   const isolation = opts.isolation ?? 'role';
   const token = randomBytes(16).toString('hex');
   const config = resolveConfig({

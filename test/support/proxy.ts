@@ -52,8 +52,8 @@ export interface ProxyFixture {
   close(): Promise<void>;
 }
 
-/** A fresh database with the control schema installed, a tenant service, and proxies started on demand. */
-export async function proxyFixture(isolation: 'role' | 'schema' = 'role'): Promise<ProxyFixture> {
+/** A fresh database with the control schema installed, and a superuser pool on it. */
+export async function initializedDatabase(): Promise<{ db: TestDatabase; admin: pg.Pool }> {
   const db = await freshDatabase();
   const admin = new pg.Pool({ connectionString: db.url, max: 3 });
   admin.on('error', () => undefined);
@@ -63,6 +63,12 @@ export async function proxyFixture(isolation: 'role' | 'schema' = 'role'): Promi
   } finally {
     c.release();
   }
+  return { db, admin };
+}
+
+/** A fresh database with the control schema installed, a tenant service, and proxies started on demand. */
+export async function proxyFixture(isolation: 'role' | 'schema' = 'role'): Promise<ProxyFixture> {
+  const { db, admin } = await initializedDatabase();
   const u = new URL(db.url);
   const proxies: TestProxy[] = [];
   const fixture: ProxyFixture = {

@@ -1,11 +1,11 @@
-// `pgtenant tenants create|list|show|suspend|resume|drop|import`: the lifecycle service from the command line.
+// `pgtenant tenants create|list|show|suspend|resume|disconnect|drop|import`: the lifecycle service from the command line.
 import type { Argv } from 'yargs';
+import { migrationsDirFor, type OptionName } from '../../config.js';
 import { TenantService } from '../../tenants/service.js';
 import type { ImportResult } from '../../tenants/import.js';
 import type { TenantDetails, TenantRecord } from '../../tenants/types.js';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, columns, type Command, type CommandContext } from '../command.js';
 import { withUpstream } from '../upstream.js';
-import { migrationsDirFor, type OptionName } from '../../config.js';
 
 const OPTIONS: readonly OptionName[] = ['upstream', 'isolation', 'migrationsDir'];
 
@@ -77,41 +77,40 @@ const show: Command = {
   },
 };
 
-const suspend: Command = {
-  command: 'suspend <id>',
-  describe: 'Suspend a tenant: new connections are refused at once (its role loses LOGIN); open ones carry on unless --disconnect',
-  options: OPTIONS,
-  builder: (y) => idArg(y).option('disconnect', { type: 'boolean', describe: "Also end the tenant's open sessions on every proxy" }),
-  async run(args, ctx) {
-    const t = await withService(ctx, (svc) => svc.suspend(String(args.id), { disconnect: args.disconnect === true }));
-    ctx.out(`tenant ${t.id} suspended${args.disconnect ? ', open sessions disconnected' : ''}`);
-    return EXIT_OK;
-  },
-};
+/** A command on one tenant that calls the service and prints the line `act` returns. */
+function tenantCommand(
+  name: string,
+  describe: string,
+  act: (svc: TenantService, id: string, args: Record<string, unknown>) => Promise<string>,
+  builder: (y: Argv) => Argv = idArg,
+): Command {
+  return {
+    command: `${name} <id>`,
+    describe,
+    options: OPTIONS,
+    builder,
+    async run(args, ctx) {
+      ctx.out(await withService(ctx, (svc) => act(svc, String(args.id), args)));
+      return EXIT_OK;
+    },
+  };
+}
 
-const resume: Command = {
-  command: 'resume <id>',
-  describe: 'Resume a suspended tenant',
-  options: OPTIONS,
-  builder: idArg,
-  async run(args, ctx) {
-    const t = await withService(ctx, (svc) => svc.resume(String(args.id)));
-    ctx.out(`tenant ${t.id} active`);
-    return EXIT_OK;
+const suspend = tenantCommand(
+  'suspend',
+  'Suspend a tenant: new connections are refused at once (its role loses LOGIN); open ones carry on unless --disconnect',
+  async (svc, id, args) => {
+    const t = await svc.suspend(id, { disconnect: args.disconnect === true });
+    return `tenant ${t.id} suspended${args.disconnect ? ', open sessions disconnected' : ''}`;
   },
-};
-
-const disconnect: Command = {
-  command: 'disconnect <id>',
-  describe: "End a tenant's open sessions on every proxy (they get 57P01); the tenant stays active",
-  options: OPTIONS,
-  builder: idArg,
-  async run(args, ctx) {
-    const t = await withService(ctx, (svc) => svc.disconnect(String(args.id)));
-    ctx.out(`tenant ${t.id}: every proxy was asked to end its sessions`);
-    return EXIT_OK;
-  },
-};
+  (y) => idArg(y).option('disconnect', { type: 'boolean', describe: "Also end the tenant's open sessions on every proxy" }),
+);
+const resume = tenantCommand('resume', 'Resume a suspended tenant', async (svc, id) => `tenant ${(await svc.resume(id)).id} active`);
+const disconnect = tenantCommand(
+  'disconnect',
+  "End a tenant's open sessions on every proxy (they get 57P01); the tenant stays active",
+  async (svc, id) => `tenant ${(await svc.disconnect(id)).id}: every proxy was asked to end its sessions`,
+);
 
 const drop: Command = {
   command: 'drop <id>',
