@@ -5,6 +5,7 @@ import type { Logger } from '../logger.js';
 import { DEFAULT_LOCK_TIMEOUT_MS } from '../migrate/apply.js';
 import { requireTenants } from '../migrate/journal.js';
 import { loadMigrations, type MigrationSet } from '../migrate/loader.js';
+import { progressReporter } from '../migrate/progress.js';
 import { runMigrations, type Progress, type RunSummary, type TenantResult, type TenantStatus } from '../migrate/runner.js';
 import { migrationStatus, type MigrationStatus } from '../migrate/status.js';
 import { requireControlSchema } from '../tenants/control-schema.js';
@@ -124,6 +125,7 @@ export class MigrationService implements LiveJobs {
     });
     pool.on('error', (err) => log.debug({ err: err.message }, 'migration connection lost'));
     log.info({ tenants: job.tenants ?? 'all', concurrency: job.concurrency }, 'migration job started');
+    const reporter = progressReporter(null, log);
     try {
       const { results: _all, ...summary } = await runMigrations(pool, {
         files,
@@ -132,13 +134,17 @@ export class MigrationService implements LiveJobs {
         lockRetries: LOCK_RETRIES,
         log,
         signal: this.stop.signal,
-        onProgress: (p) => (job.progress = p),
+        onProgress: (p) => {
+          job.progress = p;
+          reporter.update(p);
+        },
         onResult: (r) => {
           job.results.push(r);
           this.opts.events?.migrationTenantFinished(r.status);
         },
         ...(job.tenants ? { tenants: job.tenants } : {}),
       });
+      reporter.finish();
       job.summary = summary;
       job.state = summary.ok ? 'succeeded' : 'failed';
     } catch (err) {

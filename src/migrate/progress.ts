@@ -39,15 +39,16 @@ export interface ProgressReporter {
 }
 
 /**
- * On a terminal the line is redrawn at most every 100 ms; otherwise a structured log line every
- * `intervalMs`, so CI logs and log collectors get progress without control characters.
+ * On a terminal the line is redrawn at most every 100 ms; otherwise (or with no stream at all, as in the
+ * proxy's migration jobs) a structured log line every `intervalMs`, so CI logs and log collectors get
+ * progress without control characters.
  */
-export function progressReporter(stream: NodeJS.WriteStream, log: Logger, intervalMs = 2000): ProgressReporter {
+export function progressReporter(stream: NodeJS.WriteStream | null, log: Logger, intervalMs = 2000): ProgressReporter {
   let last: Progress | undefined;
   let shownAt = 0;
-  const tty = stream.isTTY === true;
+  const tty = stream?.isTTY === true;
   const show = (p: Progress): void => {
-    if (tty) stream.write(`\r\x1b[K${formatProgress(p)}`);
+    if (tty) stream!.write(`\r\x1b[K${formatProgress(p)}`);
     else log.info({ done: p.done, total: p.total, failed: p.failed, perSecond: Math.round(rate(p)), secondsLeft: secondsLeft(p) }, 'migration progress');
   };
   return {
@@ -61,7 +62,7 @@ export function progressReporter(stream: NodeJS.WriteStream, log: Logger, interv
     finish() {
       if (!last) return;
       show(last);
-      if (tty) stream.write('\n');
+      if (tty) stream!.write('\n');
     },
   };
 }

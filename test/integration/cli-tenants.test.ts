@@ -153,6 +153,12 @@ describe('bad setup', () => {
     expect(oneLine(r.stderr)).toMatch(/no\/such\/folder/);
   });
 
+  it('proxy refuses to serve the admin API on a non-loopback address without a token (exit 2, nothing listens)', async () => {
+    const r = await runCli(['proxy', ...up(), '--listen', '127.0.0.1:0', '--admin-listen', '0.0.0.0:0']);
+    expect(r.code).toBe(2);
+    expect(oneLine(r.stderr)).toMatch(/refusing to serve the admin API on 0\.0\.0\.0:0 without a token: set --admin-token/);
+  });
+
   it('an unreachable upstream is one line naming it, without its password (exit 1)', async () => {
     const r = await runCli(['init', '--upstream', 'postgres://postgres:hunter2-secret@127.0.0.1:1/postgres']);
     expect(r.code).toBe(1);

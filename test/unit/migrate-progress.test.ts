@@ -61,4 +61,16 @@ describe('progressReporter', () => {
     expect(lines[1]).toMatchObject({ perSecond: 20, secondsLeft: 1 });
     expect(out.text()).toBe('');
   });
+
+  it("with no stream at all (the proxy's migration jobs) only logs", () => {
+    const logs = capture(false);
+    const r = progressReporter(null, pino(logs.stream), 60_000);
+    r.update({ done: 1, total: 2, failed: 1, elapsedMs: 50 });
+    r.finish();
+    const lines = logs.text().trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines.map((l) => [l.msg, l.done, l.total, l.failed])).toEqual([
+      ['migration progress', 1, 2, 1],
+      ['migration progress', 1, 2, 1],
+    ]);
+  });
 });
