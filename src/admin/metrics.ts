@@ -1,7 +1,7 @@
 // Prometheus metrics (prom-client): session events from the proxy, live states read at scrape time, migration jobs.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { TenantStatus } from '../migrate/runner.js';
-import type { ProxyObserver, SessionCounters } from '../proxy/activity.js';
+import type { ProxyObserver, SessionCounters, TenantConnections } from '../proxy/activity.js';
 import type { ProxyServer } from '../proxy/server.js';
 
 /** What the metrics read from the proxy at scrape time. */
@@ -51,6 +51,11 @@ export class TenantLabels {
   }
 }
 
+interface LiveSnapshot {
+  totals: Map<string, SessionCounters>;
+  connections: TenantConnections[];
+}
+
 const zero = (): SessionCounters => ({ bytesIn: 0, bytesOut: 0, queries: 0, transactions: 0 });
 
 function add(into: SessionCounters, c: SessionCounters): void {
@@ -67,6 +72,8 @@ export class Metrics implements ProxyObserver {
   private readonly ended = new Map<string, SessionCounters>();
   private proxy: LiveSessions | null = null;
   private jobs: LiveJobs | null = null;
+  /** Read once per scrape and shared by the collectors, so the sessions are walked once, not six times. */
+  private taken: LiveSnapshot | null = null;
 
   private readonly sessionsStarted: Counter<'tenant'>;
   private readonly sessionsRefused: Counter<'reason'>;
@@ -98,7 +105,7 @@ export class Metrics implements ProxyObserver {
         registers,
         collect() {
           this.reset();
-          for (const [tenant, c] of metrics.totals()) this.inc({ tenant }, c[field]);
+          for (const [tenant, c] of metrics.snapshot().totals) this.inc({ tenant }, c[field]);
         },
       });
     }
@@ -114,7 +121,7 @@ export class Metrics implements ProxyObserver {
         registers,
         collect() {
           this.reset();
-          for (const t of metrics.proxy?.connections() ?? []) {
+          for (const t of metrics.snapshot().connections) {
             for (const [state, n] of Object.entries(t[side])) if (n > 0) this.inc({ tenant: metrics.labels.of(t.tenant), state }, n);
           }
         },
@@ -183,6 +190,10 @@ export class Metrics implements ProxyObserver {
   }
 
   /** Ended sessions plus live ones, by label. */
+  private snapshot(): LiveSnapshot {
+    return this.taken ?? { totals: this.totals(), connections: this.proxy?.connections() ?? [] };
+  }
+
   private totals(): Map<string, SessionCounters> {
     const out = new Map<string, SessionCounters>();
     for (const [label, c] of this.ended) out.set(label, { ...c });
@@ -224,6 +235,11 @@ export class Metrics implements ProxyObserver {
 
   /** The exposition text and its content type. */
   async scrape(): Promise<{ contentType: string; body: string }> {
-    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+    this.taken = this.snapshot();
+    try {
+      return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+    } finally {
+      this.taken = null;
+    }
   }
 }

@@ -6,9 +6,9 @@ import { DEFAULT_LOCK_TIMEOUT_MS } from '../migrate/apply.js';
 import { requireTenants } from '../migrate/journal.js';
 import { loadMigrations, type MigrationSet } from '../migrate/loader.js';
 import { progressReporter } from '../migrate/progress.js';
-import { runMigrations, type Progress, type RunSummary, type TenantResult, type TenantStatus } from '../migrate/runner.js';
+import { failureInfo, runMigrations, type Progress, type RunSummary, type TenantResult, type TenantStatus } from '../migrate/runner.js';
 import { migrationStatus, type MigrationStatus } from '../migrate/status.js';
-import { requireControlSchema } from '../tenants/control-schema.js';
+import { withCheckedClient } from '../tenants/control-schema.js';
 import { conflict } from './errors.js';
 import type { LiveJobs } from './metrics.js';
 
@@ -69,13 +69,7 @@ export class MigrationService implements LiveJobs {
   /** Where every tenant stands, as `migrate status --json` prints it. */
   async status(): Promise<MigrationStatus> {
     const files = await this.files();
-    const c = await this.opts.pool.connect();
-    try {
-      await requireControlSchema(c);
-      return await migrationStatus(c, files);
-    } finally {
-      c.release();
-    }
+    return withCheckedClient(this.opts.pool, (c) => migrationStatus(c, files));
   }
 
   /** Checks the request (files load, tenants exist), then runs the job in the background. */
@@ -83,13 +77,9 @@ export class MigrationService implements LiveJobs {
     this.refuseIfRunning();
     const files = await this.files();
     const tenants = req.tenants?.length ? [...new Set(req.tenants)] : null;
-    const c = await this.opts.pool.connect();
-    try {
-      await requireControlSchema(c);
+    await withCheckedClient(this.opts.pool, async (c) => {
       if (tenants) await requireTenants(c, tenants);
-    } finally {
-      c.release();
-    }
+    });
     // Checked again: two requests may have passed the first check while the files loaded.
     this.refuseIfRunning();
     const concurrency = req.concurrency ?? DEFAULT_CONCURRENCY;
@@ -148,8 +138,8 @@ export class MigrationService implements LiveJobs {
       job.summary = summary;
       job.state = summary.ok ? 'succeeded' : 'failed';
     } catch (err) {
-      const e = err as { code?: string; message?: string };
-      job.error = { code: typeof e.code === 'string' ? e.code : 'migration_failed', message: e.message ?? String(err) };
+      const { code, message } = failureInfo(err);
+      job.error = { code, message };
       job.state = 'failed';
       log.error({ err: job.error.message }, 'migration job failed');
     } finally {

@@ -2,7 +2,7 @@
 import pg from 'pg';
 import { redactUrl, requireUpstream, type Config } from '../config.js';
 import type { Logger } from '../logger.js';
-import { requireControlSchema } from '../tenants/control-schema.js';
+import { withCheckedClient } from '../tenants/control-schema.js';
 
 function describe(err: unknown): string {
   const e = err as { message?: string; code?: string; errors?: { message?: string }[] };
@@ -34,13 +34,5 @@ export async function withUpstream<T>(config: Config, log: Logger, fn: (pool: pg
 
 /** Runs fn on one upstream connection whose control schema has been checked. */
 export function withControlSchema<T>(config: Config, log: Logger, fn: (client: pg.ClientBase) => Promise<T>): Promise<T> {
-  return withUpstream(config, log, async (pool) => {
-    const client = await pool.connect();
-    try {
-      await requireControlSchema(client);
-      return await fn(client);
-    } finally {
-      client.release();
-    }
-  });
+  return withUpstream(config, log, (pool) => withCheckedClient(pool, fn));
 }

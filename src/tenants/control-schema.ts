@@ -115,3 +115,14 @@ export async function requireControlSchema(client: pg.ClientBase): Promise<void>
     );
   }
 }
+
+/** Runs fn on a client from the pool once the control schema is checked, and always gives the client back. */
+export async function withCheckedClient<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  try {
+    await requireControlSchema(client);
+    return await fn(client);
+  } finally {
+    client.release();
+  }
+}

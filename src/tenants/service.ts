@@ -4,7 +4,7 @@ import type pg from 'pg';
 import { silentLogger, type Logger } from '../logger.js';
 import { applyTenantMigrations, DEFAULT_LOCK_TIMEOUT_MS, migrateTarget } from '../migrate/apply.js';
 import { loadMigrations, type MigrationFile } from '../migrate/loader.js';
-import { requireControlSchema } from './control-schema.js';
+import { requireControlSchema, withCheckedClient } from './control-schema.js';
 import { importSchemas, type ImportResult } from './import.js';
 import { TenantError } from './errors.js';
 import { quoteIdent, quoteLiteral, validatePassword, validateTenantId } from './ids.js';
@@ -283,14 +283,8 @@ export class TenantService {
     await c.query(`GRANT ${role} TO CURRENT_USER${how}`);
   }
 
-  private async withClient<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
-    const c = await this.pool.connect();
-    try {
-      await requireControlSchema(c);
-      return await fn(c);
-    } finally {
-      c.release();
-    }
+  private withClient<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    return withCheckedClient(this.pool, fn);
   }
 
   private async transaction<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {

@@ -10,16 +10,8 @@ import { connectPg, hasBinary, rejection, sessionEnd, sleep, startupMessage, tit
 
 const PASSWORD = 'metrics-password-123';
 
-async function scrapeText(fx: AdminFixture): Promise<string> {
-  const r = await fx.request('GET', '/metrics');
-  expect(r.status, r.text).toBe(200);
-  expect(r.headers.get('content-type')).toMatch(/^text\/plain/);
-  return r.text;
-}
-
-async function scrape(fx: AdminFixture): Promise<Sample[]> {
-  return parseMetrics(await scrapeText(fx));
-}
+const scrapeText = async (fx: AdminFixture): Promise<string> => (await fx.scrape()).text;
+const scrape = async (fx: AdminFixture): Promise<Sample[]> => (await fx.scrape()).samples;
 
 /** Scrapes until `check` holds (the proxy notices a closed client asynchronously); the last samples either way. */
 async function scrapeUntil(fx: AdminFixture, check: (s: Sample[]) => boolean, timeoutMs = 5000): Promise<Sample[]> {

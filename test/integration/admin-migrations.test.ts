@@ -1,7 +1,7 @@
 // Migration jobs through the admin API: progress while running, per-tenant results, one job at a time, named tenants, failures, metrics.
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { adminFixture, parseMetrics, sampleValue, type AdminFixture, type Sample } from '../support/admin.js';
+import { adminFixture, sampleValue, type AdminFixture, type Sample } from '../support/admin.js';
 import { createFleet, journalByTenant, migrationDir, tablesIn, type MigrationDir } from '../support/migrations.js';
 import { sleep } from '../support/proxy.js';
 
@@ -67,11 +67,7 @@ async function onAdmin<T>(fx: AdminFixture, fn: (c: pg.PoolClient) => Promise<T>
   }
 }
 
-async function scrape(fx: AdminFixture): Promise<Sample[]> {
-  const r = await fx.request('GET', '/metrics');
-  expect(r.status).toBe(200);
-  return parseMetrics(r.text);
-}
+const scrape = async (fx: AdminFixture): Promise<Sample[]> => (await fx.scrape()).samples;
 
 describe('a job over 100 tenants', () => {
   let fx: AdminFixture;

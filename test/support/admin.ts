@@ -28,6 +28,8 @@ export interface AdminFixture {
   readonly base: string;
   /** Sends a request with the fixture's token (unless `headers.authorization` is given, '' for none). */
   request(method: string, path: string, body?: unknown, headers?: Record<string, string>): Promise<HttpReply>;
+  /** GET /metrics: the text (checked to be a 200 in the exposition format) and its parsed samples. */
+  scrape(): Promise<{ text: string; samples: Sample[] }>;
   /** Client URL through the proxy to the test database. */
   proxyUrl(user: string, password: string): string;
   close(): Promise<void>;
@@ -59,6 +61,24 @@ export async function adminFixture(opts: AdminFixtureOptions = {}): Promise<Admi
   const runtime = await startRuntime({ config, log: silentLogger });
   const base = `http://127.0.0.1:${runtime.admin!.address.port}`;
   const proxyPort = runtime.proxy.address.port;
+  const request: AdminFixture['request'] = async (method, path, body, headers = {}) => {
+    const h: Record<string, string> = { authorization: `Bearer ${token}`, ...headers };
+    if (h.authorization === '') delete h.authorization;
+    let payload: string | undefined;
+    if (body !== undefined) {
+      payload = typeof body === 'string' ? body : JSON.stringify(body);
+      h['content-type'] ??= 'application/json';
+    }
+    const res = await fetch(base + path, { method, headers: h, ...(payload !== undefined ? { body: payload } : {}) });
+    const text = await res.text();
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    return { status: res.status, headers: res.headers, text, json };
+  };
   return {
     db,
     admin,
@@ -66,23 +86,13 @@ export async function adminFixture(opts: AdminFixtureOptions = {}): Promise<Admi
     runtime,
     token,
     base,
-    async request(method, path, body, headers = {}) {
-      const h: Record<string, string> = { authorization: `Bearer ${token}`, ...headers };
-      if (h.authorization === '') delete h.authorization;
-      let payload: string | undefined;
-      if (body !== undefined) {
-        payload = typeof body === 'string' ? body : JSON.stringify(body);
-        h['content-type'] ??= 'application/json';
+    request,
+    async scrape() {
+      const r = await request('GET', '/metrics');
+      if (r.status !== 200 || !/^text\/plain/.test(r.headers.get('content-type') ?? '')) {
+        throw new Error(`GET /metrics answered ${r.status} (${r.headers.get('content-type')}): ${r.text.slice(0, 200)}`);
       }
-      const res = await fetch(base + path, { method, headers: h, ...(payload !== undefined ? { body: payload } : {}) });
-      const text = await res.text();
-      let json: unknown;
-      try {
-        json = JSON.parse(text);
-      } catch {
-        json = undefined;
-      }
-      return { status: res.status, headers: res.headers, text, json };
+      return { text: r.text, samples: parseMetrics(r.text) };
     },
     proxyUrl(user, password) {
       const u = new URL(`postgres://127.0.0.1:${proxyPort}/${encodeURIComponent(db.name)}`);
