@@ -20,6 +20,13 @@ export const OPTIONS = {
   metricsTenantLimit: { kind: 'number', default: 100, describe: 'Tenants with their own metric series; the rest are summed as tenant="_other"' },
   isolation: { kind: 'string', default: 'role', choices: ['role', 'schema'], describe: 'Tenant isolation mode' },
   poolMode: { kind: 'string', default: 'session', choices: ['session', 'transaction'], describe: 'Pool mode' },
+  auth: { kind: 'string', default: 'proxy', choices: ['proxy', 'relay'], describe: "Who checks passwords: the proxy (auth query, backends reused) or the server ('relay', one backend per client)" },
+  poolSize: { kind: 'number', default: 20, describe: 'Backend connections per (tenant, role, database) pool' },
+  maxBackends: { kind: 'number', default: 80, describe: 'Backend connections in all pools together (0: no cap)' },
+  poolMinIdle: { kind: 'number', default: 0, describe: 'Idle backends a pool with clients keeps ready' },
+  poolWaitTimeout: { kind: 'number', default: 30000, describe: 'Milliseconds a client waits for a backend before 53300' },
+  serverIdleTimeout: { kind: 'number', default: 60000, describe: 'Milliseconds an idle backend is kept' },
+  serverLifetime: { kind: 'number', default: 3600000, describe: 'Milliseconds after which a backend is closed once released' },
   tlsCert: { kind: 'string', describe: 'PEM certificate for client TLS' },
   tlsKey: { kind: 'string', describe: 'PEM private key for client TLS' },
   clientTls: { kind: 'string', default: 'allow', choices: ['disable', 'allow', 'require'], describe: 'Client TLS policy' },
@@ -45,6 +52,13 @@ export interface Config {
   readonly metricsTenantLimit: number;
   readonly isolation: 'role' | 'schema';
   readonly poolMode: 'session' | 'transaction';
+  readonly auth: 'proxy' | 'relay';
+  readonly poolSize: number;
+  readonly maxBackends: number;
+  readonly poolMinIdle: number;
+  readonly poolWaitTimeout: number;
+  readonly serverIdleTimeout: number;
+  readonly serverLifetime: number;
   readonly tlsCert: string | undefined;
   readonly tlsKey: string | undefined;
   readonly clientTls: 'disable' | 'allow' | 'require';
@@ -145,6 +159,13 @@ export function resolveConfig(sources: ConfigSources): Config {
     metricsTenantLimit: merged.metricsTenantLimit as number,
     isolation: merged.isolation as Config['isolation'],
     poolMode: merged.poolMode as Config['poolMode'],
+    auth: merged.auth as Config['auth'],
+    poolSize: merged.poolSize as number,
+    maxBackends: merged.maxBackends as number,
+    poolMinIdle: merged.poolMinIdle as number,
+    poolWaitTimeout: merged.poolWaitTimeout as number,
+    serverIdleTimeout: merged.serverIdleTimeout as number,
+    serverLifetime: merged.serverLifetime as number,
     tlsCert: merged.tlsCert as string | undefined,
     tlsKey: merged.tlsKey as string | undefined,
     clientTls: merged.clientTls as Config['clientTls'],
@@ -156,6 +177,10 @@ export function resolveConfig(sources: ConfigSources): Config {
   };
   if (Boolean(config.tlsCert) !== Boolean(config.tlsKey)) {
     throw new ConfigError('--tls-cert and --tls-key go together');
+  }
+  if (!Number.isInteger(config.poolSize) || config.poolSize < 1) throw new ConfigError('--pool-size: expected a whole number of at least 1');
+  if (config.auth === 'relay' && config.poolMode === 'transaction') {
+    throw new ConfigError('--pool-mode transaction needs --auth proxy: relayed logins cannot share backends');
   }
   if (config.clientTls === 'require' && !config.tlsCert) {
     throw new ConfigError('--client-tls require needs --tls-cert and --tls-key');

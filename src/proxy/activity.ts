@@ -4,9 +4,9 @@
 export type ClientState = 'login' | 'idle' | 'active' | 'idle_in_transaction' | 'idle_in_transaction_aborted';
 export const CLIENT_STATES: readonly ClientState[] = ['login', 'idle', 'active', 'idle_in_transaction', 'idle_in_transaction_aborted'];
 
-/** A backend connection's state: `login` while its client authenticates, `active` while linked to a relaying client. */
-export type ServerState = 'login' | 'active';
-export const SERVER_STATES: readonly ServerState[] = ['login', 'active'];
+/** A backend connection's state: `login` while it is opened and logged in, `active` while linked to a client, `idle` in its pool. */
+export type ServerState = 'login' | 'active' | 'idle';
+export const SERVER_STATES: readonly ServerState[] = ['login', 'active', 'idle'];
 
 /** Running totals of one session, read from the relay's header scanners (nothing is parsed for them). */
 export interface SessionCounters {

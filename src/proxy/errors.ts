@@ -21,4 +21,5 @@ export const invalidAuthorization = (message: string) => new PgError('28000', me
 export const cannotConnectNow = (message: string, hint?: string) => new PgError('57P03', message, 'FATAL', undefined, hint);
 export const adminShutdown = (message = 'terminating connection due to administrator command') => new PgError('57P01', message);
 export const connectionFailure = (message: string) => new PgError('08006', message);
+export const tooManyConnections = (message: string, hint?: string) => new PgError('53300', message, 'FATAL', undefined, hint);
 export const featureNotSupported = (message: string) => new PgError('0A000', message);

@@ -1,40 +1,343 @@
-// Where sessions get backends from. Session mode without proxy-side auth: one fresh backend per client, closed after.
+// Backend pools keyed by (tenant, role, database): per-pool and global caps, a fair wait queue, idle and lifetime reaping.
+import type { Logger } from '../logger.js';
+import { adminShutdown, tooManyConnections } from './errors.js';
 import type { BackendConnection } from './upstream.js';
 
-/** What identifies interchangeable backends; pooling (a later step) reuses within one key. */
+/** What identifies interchangeable backends: only these share a backend, so tenants never do. */
 export interface PoolKey {
   readonly tenant: string;
   readonly role: string;
   readonly database: string;
 }
 
-export interface BackendPool {
-  /** A backend for this key; `open` makes a new one when none can be reused. */
-  acquire(key: PoolKey, open: () => Promise<BackendConnection>): Promise<BackendConnection>;
-  /** Gives a backend back; `reusable` is false when its state is unknown or dirty. */
-  release(key: PoolKey, backend: BackendConnection, reusable: boolean): void;
-  /** Backends currently handed out, by tenant. */
-  active(): ReadonlyMap<string, number>;
+export interface PoolLimits {
+  /** Backends per pool. */
+  readonly size: number;
+  /** Backends in all pools together; 0 for no cap. */
+  readonly maxBackends: number;
+  /** Idle backends a pool with clients keeps ready. */
+  readonly minIdle: number;
+  /** Milliseconds a client waits for a backend before it is refused with 53300. */
+  readonly waitTimeout: number;
+  /** Milliseconds an idle backend is kept. */
+  readonly idleTimeout: number;
+  /** Milliseconds after which a backend is closed instead of reused. */
+  readonly lifetime: number;
 }
 
-/** Relayed authentication binds a backend to one client's login, so nothing can be shared yet. */
-export class DedicatedPool implements BackendPool {
-  private readonly counts = new Map<string, number>();
+/** Opens and logs in a backend for a pool. */
+export type Opener = () => Promise<BackendConnection>;
 
-  async acquire(key: PoolKey, open: () => Promise<BackendConnection>): Promise<BackendConnection> {
-    const backend = await open();
-    this.counts.set(key.tenant, (this.counts.get(key.tenant) ?? 0) + 1);
+export interface ServerCounts {
+  login: number;
+  active: number;
+  idle: number;
+}
+
+interface Waiter {
+  readonly open: Opener;
+  /** False for backends bound to one client's login (relayed auth): those are opened for it, never handed over. */
+  readonly reuse: boolean;
+  resolve(b: BackendConnection): void;
+  reject(e: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+interface Idle {
+  readonly backend: BackendConnection;
+  readonly since: number;
+  readonly onClose: () => void;
+}
+
+class KeyPool {
+  /** Most recently used last: hand-outs take from the end, so the oldest idle ones time out. */
+  readonly idle: Idle[] = [];
+  readonly waiters: Waiter[] = [];
+  active = 0;
+  opening = 0;
+  /** The last reusable opener, for keeping minIdle backends ready. */
+  opener: Opener | null = null;
+
+  constructor(
+    readonly id: string,
+    readonly key: PoolKey,
+  ) {}
+
+  get size(): number {
+    return this.idle.length + this.active + this.opening;
+  }
+}
+
+const keyId = (k: PoolKey): string => `${k.tenant}\u0000${k.role}\u0000${k.database}`;
+
+/**
+ * All backends of the proxy. A pool below its own size that cannot open because of the global cap waits
+ * in `rotation`, and freed capacity goes round those pools in turn, so one busy tenant cannot hold it all.
+ */
+export class BackendPool {
+  private readonly pools = new Map<string, KeyPool>();
+  private readonly owner = new Map<BackendConnection, KeyPool>();
+  private readonly rotation: KeyPool[] = [];
+  private total = 0;
+  private closed = false;
+  private readonly reaper: NodeJS.Timeout;
+
+  constructor(
+    private readonly limits: PoolLimits,
+    private readonly log: Logger,
+  ) {
+    const every = Math.max(100, Math.min(1000, limits.idleTimeout / 2));
+    this.reaper = setInterval(() => this.reap(), every);
+    this.reaper.unref();
+  }
+
+  /** A backend for this key: an idle one, a new one, or one handed over after waiting. */
+  acquire(key: PoolKey, open: Opener, reuse = true): Promise<BackendConnection> {
+    if (this.closed) return Promise.reject(adminShutdown('pgtenant is shutting down'));
+    const pool = this.poolFor(key);
+    if (reuse) {
+      pool.opener = open;
+      const idle = this.takeIdle(pool);
+      if (idle) return Promise.resolve(idle);
+    }
+    if (pool.size < this.limits.size && this.makeRoom()) return this.open(pool, open);
+    return this.wait(pool, open, reuse);
+  }
+
+  /** Gives a backend back; one that is not `reusable` (dirty, dead, bound to a login) is closed. */
+  release(backend: BackendConnection, reusable: boolean): void {
+    const pool = this.owner.get(backend);
+    if (!pool) {
+      backend.close();
+      return;
+    }
+    pool.active--;
+    const expired = Date.now() - backend.createdAt >= this.limits.lifetime;
+    if (!reusable || expired || !backend.alive || this.closed) {
+      this.drop(backend);
+    } else if (!this.handOver(pool, backend)) {
+      this.park(pool, backend);
+    }
+    this.dispatch();
+  }
+
+  /** Backends by tenant and state. */
+  counts(): Map<string, ServerCounts> {
+    const out = new Map<string, ServerCounts>();
+    for (const p of this.pools.values()) {
+      const c = out.get(p.key.tenant) ?? { login: 0, active: 0, idle: 0 };
+      c.login += p.opening;
+      c.active += p.active;
+      c.idle += p.idle.length;
+      out.set(p.key.tenant, c);
+    }
+    return out;
+  }
+
+  /** Backends open or opening in all pools. */
+  get size(): number {
+    return this.total;
+  }
+
+  /** Closes idle backends and refuses waiters; backends in use close when they come back. */
+  close(): void {
+    this.closed = true;
+    clearInterval(this.reaper);
+    for (const pool of this.pools.values()) {
+      for (const w of pool.waiters.splice(0)) {
+        clearTimeout(w.timer);
+        w.reject(adminShutdown('pgtenant is shutting down'));
+      }
+      while (pool.idle.length > 0) this.closeIdle(pool, pool.idle.length - 1);
+    }
+    this.rotation.length = 0;
+  }
+
+  private poolFor(key: PoolKey): KeyPool {
+    const id = keyId(key);
+    let pool = this.pools.get(id);
+    if (!pool) this.pools.set(id, (pool = new KeyPool(id, key)));
+    return pool;
+  }
+
+  /** The most recently used idle backend that is still alive; dead ones found on the way are dropped. */
+  private takeIdle(pool: KeyPool): BackendConnection | null {
+    while (pool.idle.length > 0) {
+      const { backend, onClose } = pool.idle.pop()!;
+      backend.socket.off('close', onClose);
+      if (!backend.alive || backend.hasPendingMessages) {
+        this.total--;
+        this.owner.delete(backend);
+        backend.close();
+        this.log.info({ tenant: pool.key.tenant }, 'idle backend was dead or spoke unprompted; replaced');
+        continue;
+      }
+      pool.active++;
+      return backend;
+    }
+    return null;
+  }
+
+  /** True when one more backend may open, closing another pool's oldest idle backend if the global cap needs it. */
+  private makeRoom(): boolean {
+    if (this.limits.maxBackends === 0 || this.total < this.limits.maxBackends) return true;
+    let victim: KeyPool | null = null;
+    for (const p of this.pools.values()) {
+      const oldest = p.idle[0];
+      if (oldest && (!victim || oldest.since < victim.idle[0]!.since)) victim = p;
+    }
+    if (!victim) return false;
+    this.closeIdle(victim, 0);
+    return true;
+  }
+
+  private async open(pool: KeyPool, open: Opener): Promise<BackendConnection> {
+    pool.opening++;
+    this.total++;
+    let backend: BackendConnection;
+    try {
+      backend = await open();
+    } catch (err) {
+      pool.opening--;
+      this.total--;
+      this.dispatch();
+      throw err;
+    }
+    pool.opening--;
+    pool.active++;
+    this.owner.set(backend, pool);
     return backend;
   }
 
-  release(key: PoolKey, backend: BackendConnection): void {
-    backend.close();
-    const n = (this.counts.get(key.tenant) ?? 1) - 1;
-    if (n > 0) this.counts.set(key.tenant, n);
-    else this.counts.delete(key.tenant);
+  private wait(pool: KeyPool, open: Opener, reuse: boolean): Promise<BackendConnection> {
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = {
+        open,
+        reuse,
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          const i = pool.waiters.indexOf(waiter);
+          if (i >= 0) pool.waiters.splice(i, 1);
+          this.leaveRotationIfDone(pool);
+          reject(
+            tooManyConnections(
+              `no backend connection for tenant "${pool.key.tenant}" became free within ${this.limits.waitTimeout} ms`,
+              'The pool is full: raise --pool-size or --max-backends, or use --pool-mode transaction.',
+            ),
+          );
+        }, this.limits.waitTimeout),
+      };
+      pool.waiters.push(waiter);
+      this.joinRotation(pool);
+    });
   }
 
-  active(): ReadonlyMap<string, number> {
-    return this.counts;
+  /** Gives a released backend straight to its own pool's next waiter, unless another pool's turn comes first. */
+  private handOver(pool: KeyPool, backend: BackendConnection): boolean {
+    if (this.atGlobalCap() && this.starving(pool)) return false;
+    const i = pool.waiters.findIndex((w) => w.reuse);
+    if (i < 0) return false;
+    const [w] = pool.waiters.splice(i, 1);
+    clearTimeout(w!.timer);
+    pool.active++;
+    this.leaveRotationIfDone(pool);
+    w!.resolve(backend);
+    return true;
+  }
+
+  private park(pool: KeyPool, backend: BackendConnection): void {
+    // An idle backend is watched: one the server closes (restart, pg_terminate_backend) leaves at once.
+    const onClose = () => {
+      const i = pool.idle.findIndex((x) => x.backend === backend);
+      if (i >= 0) this.closeIdle(pool, i);
+      this.dispatch();
+    };
+    backend.socket.once('close', onClose);
+    pool.idle.push({ backend, since: Date.now(), onClose });
+    // Another pool may be waiting for the global cap: this idle backend is the room it needs.
+    if (this.atGlobalCap() && this.starving(pool)) this.closeIdle(pool, pool.idle.length - 1);
+  }
+
+  private closeIdle(pool: KeyPool, index: number): void {
+    const [{ backend, onClose }] = pool.idle.splice(index, 1) as [Idle];
+    backend.socket.off('close', onClose);
+    this.total--;
+    this.owner.delete(backend);
+    backend.close();
+  }
+
+  private drop(backend: BackendConnection): void {
+    this.total--;
+    this.owner.delete(backend);
+    backend.close();
+  }
+
+  /** True when a pool other than `except` waits for global room (it is below its own size). */
+  private starving(except: KeyPool): boolean {
+    return this.rotation.some((p) => p !== except && p.waiters.length > 0 && p.size < this.limits.size);
+  }
+
+  private atGlobalCap(): boolean {
+    return this.limits.maxBackends > 0 && this.total >= this.limits.maxBackends;
+  }
+
+  private joinRotation(pool: KeyPool): void {
+    if (!this.rotation.includes(pool)) this.rotation.push(pool);
+    this.dispatch();
+  }
+
+  private leaveRotationIfDone(pool: KeyPool): void {
+    if (pool.waiters.length > 0) return;
+    const i = this.rotation.indexOf(pool);
+    if (i >= 0) this.rotation.splice(i, 1);
+  }
+
+  /** Opens backends for waiting pools, in turn, while there is room under both caps. */
+  private dispatch(): void {
+    let tries = this.rotation.length;
+    while (tries-- > 0 && this.rotation.length > 0) {
+      const pool = this.rotation.shift()!;
+      const w = pool.waiters[0];
+      if (!w) continue;
+      if (pool.size >= this.limits.size) {
+        // Waiting for its own backends to come back, not for global room.
+        this.rotation.push(pool);
+        continue;
+      }
+      if (!this.makeRoom()) {
+        this.rotation.unshift(pool);
+        return;
+      }
+      pool.waiters.shift();
+      clearTimeout(w.timer);
+      if (pool.waiters.length > 0) this.rotation.push(pool);
+      this.open(pool, w.open).then(w.resolve, w.reject);
+    }
+  }
+
+  /** Closes backends idle too long or past their lifetime, keeps minIdle ready for pools in use, forgets empty pools. */
+  private reap(): void {
+    const now = Date.now();
+    for (const pool of this.pools.values()) {
+      const keep = pool.active > 0 ? this.limits.minIdle : 0;
+      for (let i = pool.idle.length - 1; i >= 0; i--) {
+        const { backend, since } = pool.idle[i]!;
+        const old = now - backend.createdAt >= this.limits.lifetime;
+        if (old || (now - since >= this.limits.idleTimeout && pool.idle.length > keep)) this.closeIdle(pool, i);
+      }
+      if (pool.opener && pool.idle.length + pool.opening < keep && pool.size < this.limits.size && !this.atGlobalCap()) {
+        this.prefill(pool, pool.opener);
+      }
+      if (pool.size === 0 && pool.waiters.length === 0) this.pools.delete(pool.id);
+    }
+    this.dispatch();
+  }
+
+  private prefill(pool: KeyPool, open: Opener): void {
+    this.open(pool, open).then(
+      (backend) => this.release(backend, true),
+      (err: Error) => this.log.warn({ tenant: pool.key.tenant, err: err.message }, 'could not open a minIdle backend'),
+    );
   }
 }

@@ -28,7 +28,9 @@ export type RelayEnd = 'client_closed' | 'server_closed' | 'client_protocol_viol
 
 /**
  * Pipes both directions until either side closes. Each chunk is scanned for headers
- * (so message boundaries and ReadyForQuery status are known) and written on unchanged.
+ * (so message boundaries and ReadyForQuery status are known) and written on unchanged,
+ * except the client's Terminate, which is the proxy's to say: the backend may be reused.
+ * Ending the relay ends the client; the backend is left to the session, which resets or closes it.
  */
 export class Relay {
   readonly fromClient = new HeaderScanner('frontend');
@@ -37,6 +39,26 @@ export class Relay {
   private ended: RelayEnd | null = null;
   readonly done: Promise<RelayEnd>;
   private finish!: (why: RelayEnd) => void;
+  private readonly onClientData = (chunk: Buffer): void => {
+    if (this.fromClient.sawTerminate) return;
+    this.stats.bytesIn += chunk.length;
+    if (this.fromClient.scan(chunk) < 0) return this.end('client_protocol_violation');
+    if (this.fromClient.sawTerminate) {
+      const at = this.fromClient.terminateAt;
+      if (at > 0) this.server.write(chunk.subarray(0, at));
+      return;
+    }
+    if (!this.server.write(chunk)) this.client.pause();
+  };
+  private readonly onServerData = (chunk: Buffer): void => {
+    this.stats.bytesOut += chunk.length;
+    if (this.fromServer.scan(chunk) < 0) return this.end('server_protocol_violation');
+    if (!this.client.write(chunk)) this.server.pause();
+  };
+  private readonly onClientDrain = () => this.server.resume();
+  private readonly onServerDrain = () => this.client.resume();
+  private readonly onClientClose = () => this.end('client_closed');
+  private readonly onServerClose = () => this.end('server_closed');
 
   constructor(
     readonly client: net.Socket,
@@ -49,28 +71,16 @@ export class Relay {
   start(pending: Buffer): void {
     const { client, server } = this;
     if (pending.length > 0) this.onClientData(pending);
-    client.on('data', (chunk: Buffer) => this.onClientData(chunk));
-    server.on('data', (chunk: Buffer) => this.onServerData(chunk));
-    client.on('drain', () => server.resume());
-    server.on('drain', () => client.resume());
-    client.on('close', () => this.end('client_closed'));
-    server.on('close', () => this.end('server_closed'));
-    client.on('error', () => this.end('client_closed'));
-    server.on('error', () => this.end('server_closed'));
+    client.on('data', this.onClientData);
+    server.on('data', this.onServerData);
+    client.on('drain', this.onClientDrain);
+    server.on('drain', this.onServerDrain);
+    client.on('close', this.onClientClose);
+    server.on('close', this.onServerClose);
+    client.on('error', this.onClientClose);
+    server.on('error', this.onServerClose);
     client.resume();
     server.resume();
-  }
-
-  private onClientData(chunk: Buffer): void {
-    this.stats.bytesIn += chunk.length;
-    if (this.fromClient.scan(chunk) < 0) return this.end('client_protocol_violation');
-    if (!this.server.write(chunk)) this.client.pause();
-  }
-
-  private onServerData(chunk: Buffer): void {
-    this.stats.bytesOut += chunk.length;
-    if (this.fromServer.scan(chunk) < 0) return this.end('server_protocol_violation');
-    if (!this.client.write(chunk)) this.server.pause();
   }
 
   /**
@@ -84,23 +94,39 @@ export class Relay {
     return WAITING_STATE[s.readyForQueryStatus] ?? 'idle';
   }
 
+  /**
+   * Where the backend stands once the relay ended: waiting for a statement (idle, or inside a transaction),
+   * or null when anything is half done (a message cut, work unanswered or unsynced), so it cannot be reused.
+   */
+  get backendState(): 'idle' | 'idle_in_transaction' | null {
+    const c = this.fromClient;
+    if (this.ended === 'client_protocol_violation' || this.ended === 'server_protocol_violation') return null;
+    if (!c.atBoundary || c.unsynced > 0 || c.terminateAt === -1) return null;
+    const state = this.clientState;
+    if (state === 'active') return null;
+    return state === 'idle' ? 'idle' : 'idle_in_transaction';
+  }
+
   /** True when the server->client stream sits between messages, so the proxy may add one of its own. */
   get serverAtBoundary(): boolean {
     return this.fromServer.atBoundary;
   }
 
-  /** Ends both sides; `lastWords` goes to the client first when given (only at a message boundary). */
+  /** Ends the client (with `lastWords` first when given, only at a message boundary) and hands the backend back. */
   end(why: RelayEnd, lastWords?: Buffer): void {
     if (this.ended) return;
     this.ended = why;
-    if (why === 'client_closed') {
-      this.client.destroy();
-      // A client that said Terminate has had its last bytes written to the server: let them flush.
-      endGracefully(this.server);
-    } else {
-      endGracefully(this.client, lastWords && this.serverAtBoundary ? lastWords : undefined);
-      this.server.destroy();
-    }
+    const { client, server } = this;
+    client.off('data', this.onClientData);
+    server.off('data', this.onServerData);
+    client.off('drain', this.onClientDrain);
+    server.off('drain', this.onServerDrain);
+    client.off('close', this.onClientClose);
+    server.off('close', this.onServerClose);
+    server.off('error', this.onServerClose);
+    // The client socket keeps its error listener: it may still fail while it closes.
+    if (why === 'client_closed') client.destroy();
+    else endGracefully(client, lastWords && this.serverAtBoundary ? lastWords : undefined);
     this.finish(why);
   }
 }

@@ -44,6 +44,20 @@ function quoteIdent(name: string): string {
   return '"' + name.replace(/"/g, '""') + '"';
 }
 
+/** The client's `options` as name/value settings, minus the protected ones. */
+function optionSettings(raw: string | undefined): Array<{ name: string; value: string }> {
+  if (!raw) return [];
+  try {
+    return parseStartupOptions(raw).filter((o) => !PROTECTED_SETTINGS.has(o.name.toLowerCase()));
+  } catch {
+    throw protocolViolation(`invalid command-line options in startup packet: ${raw}`);
+  }
+}
+
+const isClientSetting = (name: string): boolean =>
+  // Protocol extensions (_pq_.*) are negotiated with the client by the proxy; the backend speaks plain 3.0.
+  !NON_SETTING_PARAMETERS.has(name) && !PROTECTED_SETTINGS.has(name.toLowerCase()) && !name.startsWith('_pq_.');
+
 /**
  * The backend's startup parameters: the client's own, minus anything that would
  * choose the schema or role, plus the tenant's search_path last in `options`.
@@ -57,22 +71,20 @@ export function backendStartupParameters(
   out.set('user', loginRole);
   const database = client.get('database');
   if (database) out.set('database', database);
-  for (const [name, value] of client) {
-    // Protocol extensions (_pq_.*) are negotiated with the client by the proxy; the backend speaks plain 3.0.
-    if (NON_SETTING_PARAMETERS.has(name) || PROTECTED_SETTINGS.has(name.toLowerCase()) || name.startsWith('_pq_.')) continue;
-    out.set(name, value);
-  }
-  let options: Array<{ name: string; value: string }> = [];
-  const raw = client.get('options');
-  if (raw) {
-    try {
-      options = parseStartupOptions(raw);
-    } catch {
-      throw protocolViolation(`invalid command-line options in startup packet: ${raw}`);
-    }
-  }
-  options = options.filter((o) => !PROTECTED_SETTINGS.has(o.name));
+  for (const [name, value] of client) if (isClientSetting(name)) out.set(name, value);
+  const options = optionSettings(client.get('options'));
   options.push({ name: 'search_path', value: quoteIdent(schema) });
   out.set('options', formatStartupOptions(options));
+  return out;
+}
+
+/**
+ * The settings a client asked for at startup (parameters, then `options`, which PostgreSQL applies last),
+ * minus the protected ones: what a pooled backend, opened without them, is given with SET instead.
+ */
+export function clientSettings(client: ReadonlyMap<string, string>): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const [name, value] of client) if (isClientSetting(name)) out.set(name, value);
+  for (const { name, value } of optionSettings(client.get('options'))) out.set(name, value);
   return out;
 }

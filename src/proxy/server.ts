@@ -8,7 +8,7 @@ import { TenantDirectory } from '../tenants/directory.js';
 import { emptyConnections, NO_OBSERVER, type ProxyObserver, type TenantConnections } from './activity.js';
 import { CancelRegistry } from './cancel.js';
 import { adminShutdown } from './errors.js';
-import { DedicatedPool, type BackendPool } from './pool.js';
+import { BackendPool } from './pool.js';
 import { Session, type SessionDeps, type TenantLookup } from './session.js';
 import { upstreamTarget } from './upstream.js';
 
@@ -59,9 +59,28 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     await directory.start().catch((err: Error) => {
       throw new Error(`cannot reach the upstream ${redactUrl(config.upstream!)}: ${err.message || String(err)}`, { cause: err });
     });
+    // Fail at start, not at the first login, when proxy-side authentication cannot read secrets.
+    // A missing control schema is not fatal (logins get 57P03 until 'pgtenant init' runs); missing rights are.
+    if (config.auth === 'proxy') {
+      await directory.roleSecret('').catch(async (err: Error & { code?: string }) => {
+        if (err.code === 'not_initialized') return log.warn({ err: err.message }, 'the auth query is not installed yet');
+        await directory!.close();
+        throw err;
+      });
+    }
   }
   const tenants: TenantLookup = opts.tenants ?? directory!;
-  const pool = new DedicatedPool();
+  const pool = new BackendPool(
+    {
+      size: config.poolSize,
+      maxBackends: config.maxBackends,
+      minIdle: config.poolMinIdle,
+      waitTimeout: config.poolWaitTimeout,
+      idleTimeout: config.serverIdleTimeout,
+      lifetime: config.serverLifetime,
+    },
+    log.child({ component: 'pool' }),
+  );
   const observer = opts.observer ?? NO_OBSERVER;
   const deps: SessionDeps = {
     config,
@@ -119,8 +138,11 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       let entry = byTenant.get(tenant);
       if (!entry) byTenant.set(tenant, (entry = emptyConnections(tenant)));
       entry.clients[s.clientState]++;
-      const server = s.serverState;
-      if (server) entry.servers[server]++;
+    }
+    for (const [tenant, counts] of pool.counts()) {
+      let entry = byTenant.get(tenant);
+      if (!entry) byTenant.set(tenant, (entry = emptyConnections(tenant)));
+      Object.assign(entry.servers, counts);
     }
     return [...byTenant.values()];
   };
@@ -149,6 +171,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       await allEndedWithin(live, graceMs);
       for (const s of live.keys()) s.terminate(adminShutdown());
       await allEndedWithin(live, 2000);
+      pool.close();
       await directory?.close();
       log.info('proxy stopped');
     })();

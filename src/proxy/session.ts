@@ -4,9 +4,12 @@ import tls from 'node:tls';
 import type { Logger } from '../logger.js';
 import type { Config } from '../config.js';
 import type { TenantRecord } from '../tenants/types.js';
-import type { ClientState, ProxyObserver, ServerState, SessionCounters } from './activity.js';
+import type { RoleSecret } from '../tenants/directory.js';
+import type { ClientState, ProxyObserver, SessionCounters } from './activity.js';
+import { loginBackend } from './auth/login.js';
 import { mockAuthentication } from './auth/mock.js';
-import { backendError, relayAuthentication } from './auth/relay.js';
+import { relayAuthentication } from './auth/relay.js';
+import { authenticateClient, requireLogin, type BackendCredentials } from './auth/verify.js';
 import type { CancelKey, CancelRegistry } from './cancel.js';
 import { ClientConnection, ClientGone } from './client.js';
 import { PgError, adminShutdown, cannotConnectNow, invalidAuthorization, protocolViolation } from './errors.js';
@@ -14,8 +17,9 @@ import type { BackendPool, PoolKey } from './pool.js';
 import { decodeStartupPacket, encodeStartupMessage, type StartupPacket } from './protocol/startup.js';
 import { BackendWriter, errorResponseFor } from './protocol/writer.js';
 import { Relay } from './relay.js';
-import { backendStartupParameters, identify } from './router.js';
+import { backendStartupParameters, clientSettings, identify } from './router.js';
 import { connectBackend, sendCancelRequest, type BackendConnection, type UpstreamTarget } from './upstream.js';
+import { resetBackend, settingsToApply } from './reset.js';
 
 export enum SessionState {
   Startup = 'startup',
@@ -34,6 +38,8 @@ const TRANSITIONS: Record<SessionState, readonly SessionState[]> = {
 
 export interface TenantLookup {
   lookup(id: string): Promise<TenantRecord | null>;
+  /** The auth query: a role's secret and login rules (proxy-side authentication only). */
+  roleSecret(role: string): Promise<RoleSecret | null>;
 }
 
 export interface SessionDeps {
@@ -59,8 +65,8 @@ export class Session {
   private readonly writer = new BackendWriter();
   private readonly client: ClientConnection;
   private backend: BackendConnection | null = null;
-  private poolKey: PoolKey | null = null;
-  private backendKey: { processId: number; secretKey: number } | null = null;
+  /** Where the backend stands for the pool: `idle` between statements, null when it must not be reused. */
+  private backendState: 'idle' | 'idle_in_transaction' | null = null;
   private proxyKey: CancelKey | null = null;
   private relay: Relay | null = null;
   private encrypted = false;
@@ -100,7 +106,7 @@ export class Session {
     } finally {
       clearTimeout(timer);
     }
-    this.cleanup();
+    await this.cleanup();
     const { bytesIn, bytesOut, queries, transactions } = this.counters();
     this.log.info(
       { durationMs: Date.now() - this.startedAt, bytesIn, bytesOut, queries, transactions, tls: this.encrypted, outcome },
@@ -116,11 +122,6 @@ export class Session {
 
   get clientState(): ClientState {
     return this.relay?.clientState ?? 'login';
-  }
-
-  get serverState(): ServerState | null {
-    if (!this.backend) return null;
-    return this.relay ? 'active' : 'login';
   }
 
   counters(): SessionCounters {
@@ -197,7 +198,7 @@ export class Session {
 
   /** Sends a CancelRequest for this session's backend. */
   cancel(): void {
-    const key = this.backendKey;
+    const key = this.backend?.key;
     if (!key || this.state !== SessionState.Relaying) return;
     this.log.info('forwarding cancel request');
     sendCancelRequest(this.deps.target, key.processId, key.secretKey, this.deps.config.connectTimeout).catch((err) =>
@@ -207,7 +208,7 @@ export class Session {
 
   private async authenticate(startup: Extract<StartupPacket, { kind: 'StartupMessage' }>): Promise<void> {
     this.transition(SessionState.Authenticating);
-    const { config, pool, target, observer } = this.deps;
+    const { config } = this.deps;
     const params = startup.parameters;
     const protocolExtensions = [...params.keys()].filter((k) => k.startsWith('_pq_.'));
     if (startup.minorVersion > 0 || protocolExtensions.length > 0) {
@@ -215,21 +216,26 @@ export class Session {
     }
     const user = params.get('user')!;
     const identity = identify(params, config.isolation);
+    // Settings are checked before the password exchange, as PostgreSQL checks the packet before authenticating.
+    const settings = clientSettings(params);
     this.tenant = identity.tenantId;
     this.log = this.log.child({ tenant: identity.tenantId });
     const record = await this.lookupTenant(identity.tenantId);
     const loginRole = identity.loginRole ?? record?.role ?? null;
-    // Unknown tenants go through the same challenge as known ones: nothing tells them apart before the password.
-    if (!loginRole) await mockAuthentication(this.client, user, this.writer);
-    this.poolKey = { tenant: identity.tenantId, role: loginRole!, database: params.get('database') ?? loginRole! };
-    const backendParams = backendStartupParameters(params, loginRole!, record?.schema ?? identity.tenantId);
-    this.backend = await pool.acquire(this.poolKey, async () => {
-      const started = performance.now();
-      const backend = await connectBackend(target, encodeStartupMessage(backendParams), config.connectTimeout);
-      observer.backendConnected((performance.now() - started) / 1000);
-      return backend;
-    });
-    await relayAuthentication(this.client, this.backend, this.writer);
+    const schema = record?.schema ?? identity.tenantId;
+    const key: PoolKey = { tenant: identity.tenantId, role: loginRole ?? user, database: params.get('database') ?? loginRole ?? user };
+    let credentials: BackendCredentials | null = null;
+    let secret: RoleSecret | null = null;
+    if (config.auth === 'relay') {
+      // Unknown tenants go through the same challenge as known ones: nothing tells them apart before the password.
+      if (!loginRole) await mockAuthentication(this.client, user, this.writer);
+      const startupMessage = encodeStartupMessage(backendStartupParameters(params, loginRole!, schema));
+      this.backend = await this.deps.pool.acquire(key, () => this.open(startupMessage, (b) => relayAuthentication(this.client, b, this.writer)), false);
+      await this.backend.readUntilReady();
+    } else {
+      secret = loginRole ? await this.roleSecret(loginRole) : null;
+      credentials = await authenticateClient(this.client, this.writer, user, secret);
+    }
     // The password is proven: now it is safe to say what is wrong with the tenant. Look again, since
     // a suspend or drop may have landed while the client was answering the challenge.
     const current = record && (await this.lookupTenant(identity.tenantId));
@@ -237,8 +243,31 @@ export class Session {
     if (current.state !== 'active') {
       throw cannotConnectNow(`tenant "${current.id}" is suspended`, 'Ask the operator to resume the tenant.');
     }
+    requireLogin(secret, loginRole!);
     this.client.write(this.writer.authenticationOk().flush());
-    await this.finishStartup();
+    if (credentials) {
+      const startupMessage = encodeStartupMessage(backendStartupParameters(new Map([['database', key.database]]), key.role, schema));
+      const login = credentials;
+      this.backend = await this.deps.pool.acquire(key, () => this.open(startupMessage, (b) => loginBackend(b, login)));
+      const sql = settingsToApply(settings, this.backend.parameters);
+      if (sql) await this.backend.query(sql);
+    }
+    this.backendState = 'idle';
+    this.greet();
+  }
+
+  /** Opens a backend and logs it in; the pool calls this when it has room for one more. */
+  private async open(startupMessage: Buffer, login: (b: BackendConnection) => Promise<void>): Promise<BackendConnection> {
+    const started = performance.now();
+    const backend = await connectBackend(this.deps.target, startupMessage, this.deps.config.connectTimeout);
+    try {
+      await login(backend);
+    } catch (err) {
+      backend.close();
+      throw err;
+    }
+    this.deps.observer.backendConnected((performance.now() - started) / 1000);
+    return backend;
   }
 
   /** A failed lookup says nothing about the tenant: it is the proxy that cannot reach its control schema. */
@@ -251,36 +280,28 @@ export class Session {
     }
   }
 
-  /** Forwards ParameterStatus and notices, swaps in the proxy's BackendKeyData, ends at ReadyForQuery. */
-  private async finishStartup(): Promise<void> {
-    const backend = this.backend!;
-    for (;;) {
-      const m = (await backend.next()) as unknown as { name: string } & Record<string, unknown>;
-      switch (m.name) {
-        case 'parameterStatus':
-          this.client.write(this.writer.parameterStatus(m.parameterName as string, m.parameterValue as string).flush());
-          break;
-        case 'backendKeyData':
-          this.backendKey = { processId: m.processID as number, secretKey: m.secretKey as number };
-          this.proxyKey = this.deps.cancels.issue(this);
-          this.client.write(this.writer.backendKeyData(this.proxyKey.processId, this.proxyKey.secretKey).flush());
-          break;
-        case 'notice':
-          this.client.write(this.writer.noticeResponse(m as never).flush());
-          break;
-        case 'error':
-          throw backendError(m as never);
-        case 'readyForQuery':
-          this.client.write(this.writer.readyForQuery(m.status as 'I').flush());
-          return;
-        default:
-          throw protocolViolation(`unexpected message "${m.name}" from the upstream server during startup`);
-      }
+  private async roleSecret(role: string): Promise<RoleSecret | null> {
+    try {
+      return await this.deps.tenants.roleSecret(role);
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'auth query failed');
+      throw cannotConnectNow('pgtenant cannot check passwords right now', 'Try again shortly.');
     }
+  }
+
+  /** The rest of the startup phase, as the client's own server would say it, with the proxy's cancel key. */
+  private greet(): void {
+    const w = this.writer;
+    for (const [name, value] of this.backend!.parameters) w.parameterStatus(name, value);
+    this.proxyKey = this.deps.cancels.issue(this);
+    w.backendKeyData(this.proxyKey.processId, this.proxyKey.secretKey).readyForQuery('I');
+    this.client.write(w.flush());
   }
 
   private async relayUntilDone(): Promise<Outcome> {
     if (this.revoked) throw this.revoked;
+    // The client may have left while it waited for a backend: its close event has been and gone.
+    if (this.client.socket.destroyed) throw new ClientGone('client closed while waiting for a backend');
     this.transition(SessionState.Relaying);
     const backend = this.backend!;
     backend.detach();
@@ -307,11 +328,25 @@ export class Session {
     else this.client.refuse(err);
   }
 
-  private cleanup(): void {
+  /** Gives the backend back: reset when it sits between statements, closed when anything was left half done. */
+  private async cleanup(): Promise<void> {
     if (this.state !== SessionState.Closed) this.transition(SessionState.Closed);
     if (this.proxyKey) this.deps.cancels.revoke(this.proxyKey.processId);
-    if (this.backend && this.poolKey) this.deps.pool.release(this.poolKey, this.backend, false);
-    else this.backend?.close();
+    const backend = this.backend;
     this.backend = null;
+    if (!backend) return;
+    const state = this.relay ? this.relay.backendState : this.backendState;
+    if (this.deps.config.auth === 'relay' || state === null || !backend.alive) {
+      this.deps.pool.release(backend, false);
+      return;
+    }
+    backend.attach();
+    try {
+      await resetBackend(backend, state, this.deps.config.connectTimeout);
+      this.deps.pool.release(backend, true);
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'backend reset failed; closing it');
+      this.deps.pool.release(backend, false);
+    }
   }
 }

@@ -4,7 +4,7 @@ import tls from 'node:tls';
 import { serialize } from 'pg-protocol';
 import type { BackendMessage } from 'pg-protocol/dist/messages.js';
 import { Parser } from 'pg-protocol/dist/parser.js';
-import { connectionFailure } from './errors.js';
+import { PgError, connectionFailure } from './errors.js';
 
 export type SslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full';
 const SSL_MODES: readonly SslMode[] = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'];
@@ -97,9 +97,13 @@ export async function openBackendSocket(target: UpstreamTarget, timeoutMs: numbe
   return negotiateTls(await connectSocket(target, timeoutMs), target);
 }
 
+const TERMINATE = Buffer.from([0x58, 0, 0, 0, 4]);
+
+type Message = BackendMessage & Record<string, unknown>;
+
 /**
- * One backend connection. During startup it yields parsed messages through next();
- * after detach() its socket belongs to the relay, which only frames headers.
+ * One backend connection. While attached it yields parsed messages through next() (startup, resets);
+ * after detach() its socket belongs to the relay, which only frames headers. A pool may attach it again.
  */
 export class BackendConnection {
   private readonly parser = new Parser();
@@ -107,14 +111,18 @@ export class BackendConnection {
   // pg-protocol's ErrorResponse is itself an Error, so messages and failures travel on separate callbacks.
   private waiter: { resolve: (m: BackendMessage) => void; reject: (e: Error) => void } | null = null;
   private failure: Error | null = null;
+  private attached = false;
+  readonly createdAt = Date.now();
+  /** The server's ParameterStatus values, as of the last time the connection was attached. */
+  readonly parameters = new Map<string, string>();
+  /** The server's own cancel key (BackendKeyData), once logged in. */
+  key: { processId: number; secretKey: number } | null = null;
   private readonly onData = (chunk: Buffer) => this.parser.parse(chunk, (m) => this.deliver(m));
   private readonly onEnd = () => this.fail(connectionFailure('the upstream server closed the connection'));
   private readonly onError = (err: Error) => this.fail(connectionFailure(`upstream connection error: ${err.message}`));
 
   constructor(readonly socket: net.Socket) {
-    socket.on('data', this.onData);
-    socket.once('close', this.onEnd);
-    socket.on('error', this.onError);
+    this.attach();
   }
 
   private deliver(m: BackendMessage): void {
@@ -131,7 +139,17 @@ export class BackendConnection {
     w?.reject(err);
   }
 
-  /** The next message from the server during startup. */
+  /** False once the socket closed or failed. */
+  get alive(): boolean {
+    return !this.failure && !this.socket.destroyed;
+  }
+
+  /** True when the server sent something nobody asked for yet (an idle backend should not). */
+  get hasPendingMessages(): boolean {
+    return this.queue.length > 0;
+  }
+
+  /** The next message from the server while attached. */
   next(): Promise<BackendMessage> {
     const m = this.queue.shift();
     if (m) return Promise.resolve(m);
@@ -145,16 +163,73 @@ export class BackendConnection {
     this.socket.write(buf);
   }
 
+  /**
+   * Reads the rest of the startup phase (ParameterStatus, BackendKeyData, notices) up to ReadyForQuery.
+   * A server ErrorResponse rejects with it as a PgError.
+   */
+  async readUntilReady(): Promise<void> {
+    let error: PgError | null = null;
+    for (;;) {
+      const m = (await this.next()) as Message;
+      switch (m.name) {
+        case 'parameterStatus':
+          this.parameters.set(m.parameterName as string, m.parameterValue as string);
+          break;
+        case 'backendKeyData':
+          this.key = { processId: m.processID as number, secretKey: m.secretKey as number };
+          break;
+        case 'error':
+          error ??= backendError(m);
+          // A FATAL ends the connection without a ReadyForQuery.
+          if (error.severity === 'FATAL') throw error;
+          break;
+        case 'readyForQuery':
+          if (error) throw error;
+          return;
+        default:
+          break; // notices, row data and command tags of the proxy's own statements
+      }
+    }
+  }
+
+  /** Runs the proxy's own SQL (simple protocol) while attached; rejects with the server's error after ReadyForQuery. */
+  query(sql: string): Promise<void> {
+    this.send(serialize.query(sql));
+    return this.readUntilReady();
+  }
+
+  /** Takes the socket back from the relay, for resets and the pool's idle watch. */
+  attach(): void {
+    if (this.attached) return;
+    this.attached = true;
+    this.socket.on('data', this.onData);
+    this.socket.once('close', this.onEnd);
+    this.socket.on('error', this.onError);
+    this.socket.resume();
+  }
+
   /** Hands the socket to the relay: no more parsing. */
   detach(): void {
+    this.attached = false;
     this.socket.off('data', this.onData);
     this.socket.off('close', this.onEnd);
     this.socket.off('error', this.onError);
   }
 
+  /** Says Terminate (so the server logs a clean exit) and closes. */
   close(): void {
-    this.socket.destroy();
+    if (this.socket.destroyed) return;
+    this.socket.on('error', () => undefined);
+    this.socket.end(TERMINATE);
+    setTimeout(() => this.socket.destroy(), 1000).unref();
   }
+}
+
+/** A backend ErrorResponse, as an error for the client (the server's SQLSTATE is kept). */
+export function backendError(m: BackendMessage): PgError {
+  const e = m as BackendMessage & { code?: string; message?: string; severity?: string; detail?: string; hint?: string };
+  const severity = e.severity === 'ERROR' ? 'ERROR' : 'FATAL';
+  return new PgError(e.code ?? '08006', e.message ?? 'upstream error', severity, e.detail, e.hint);
 }
 
 /** Opens a backend connection and sends its StartupMessage. */

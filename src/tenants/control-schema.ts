@@ -31,6 +31,18 @@ const STEPS: readonly string[] = [
   CREATE UNIQUE INDEX IF NOT EXISTS migrations_tenant_version ON pgtenant.migrations (tenant_id, version) WHERE tenant_id IS NOT NULL;
   CREATE UNIQUE INDEX IF NOT EXISTS migrations_shared_version ON pgtenant.migrations (version) WHERE tenant_id IS NULL;
   `,
+  // The auth query: the proxy verifies clients itself, so it needs a role's secret. SECURITY DEFINER lets the
+  // installer (who can read pg_authid) lend exactly this read; search_path is pinned so nothing can shadow pg_authid.
+  `
+  CREATE OR REPLACE FUNCTION pgtenant.role_secret(role_name text)
+    RETURNS TABLE (secret text, valid_until timestamptz, can_login boolean)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+  AS $fn$
+    SELECT a.rolpassword, a.rolvaliduntil, a.rolcanlogin FROM pg_catalog.pg_authid a WHERE a.rolname = role_name
+  $fn$;
+  REVOKE ALL ON FUNCTION pgtenant.role_secret(text) FROM PUBLIC;
+  `,
 ];
 
 export const CONTROL_SCHEMA_VERSION = STEPS.length;

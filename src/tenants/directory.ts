@@ -20,6 +20,16 @@ interface Entry {
   expires: number;
 }
 
+/** What the auth query returns for a role: its secret (SCRAM verifier, MD5 hash or null) and login rules. */
+export interface RoleSecret {
+  secret: string | null;
+  validUntil: Date | null;
+  canLogin: boolean;
+}
+
+/** Secrets are kept briefly: a password changed outside pgtenant sends no NOTIFY. */
+const SECRET_TTL_MS = 5000;
+
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 10_000;
 
@@ -33,6 +43,7 @@ export class TenantDirectory extends EventEmitter {
   private readonly pool: pg.Pool;
   private readonly cache = new Map<string, Entry>();
   private readonly inflight = new Map<string, Promise<TenantRecord | null>>();
+  private readonly secrets = new Map<string, { value: Promise<RoleSecret | null>; expires: number }>();
   private readonly negativeTtlMs: number;
   private listener: pg.Client | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
@@ -80,6 +91,29 @@ export class TenantDirectory extends EventEmitter {
     return query;
   }
 
+  /**
+   * The role's secret through the auth query (pgtenant.role_secret), cached for a few seconds and dropped on
+   * any tenant NOTIFY. The query runs on the proxy's own connections: nothing a client sends reaches it.
+   */
+  roleSecret(role: string): Promise<RoleSecret | null> {
+    const hit = this.secrets.get(role);
+    if (hit && hit.expires > Date.now()) return hit.value;
+    const value = this.pool
+      .query<{ secret: string | null; valid_until: Date | null; can_login: boolean }>(
+        'SELECT secret, valid_until, can_login FROM pgtenant.role_secret($1)',
+        [role],
+      )
+      .then(
+        ({ rows }) => (rows[0] ? { secret: rows[0].secret, validUntil: rows[0].valid_until, canLogin: rows[0].can_login } : null),
+        (err: { code?: string; message?: string }) => {
+          this.secrets.delete(role);
+          throw authQueryError(err);
+        },
+      );
+    this.secrets.set(role, { value, expires: Date.now() + SECRET_TTL_MS });
+    return value;
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.reconnectTimer);
@@ -104,6 +138,7 @@ export class TenantDirectory extends EventEmitter {
   private clear(): void {
     this.cache.clear();
     this.inflight.clear();
+    this.secrets.clear();
   }
 
   private async listen(): Promise<void> {
@@ -129,6 +164,7 @@ export class TenantDirectory extends EventEmitter {
       } else if (msg.channel === TENANT_CHANNEL) {
         this.cache.delete(msg.payload);
         this.inflight.delete(msg.payload);
+        this.secrets.clear();
         this.emit('change', msg.payload);
       }
     });
@@ -174,4 +210,19 @@ export class TenantDirectory extends EventEmitter {
     }, delay);
     this.reconnectTimer.unref?.();
   }
+}
+
+/** Why the auth query failed, said so an operator knows what to run. */
+function authQueryError(err: { code?: string; message?: string }): Error {
+  if (err.code === '42883' || err.code === '42P01' || err.code === '3F000') {
+    return new TenantError('not_initialized', "the auth query pgtenant.role_secret is missing: run 'pgtenant init'", { cause: err });
+  }
+  if (err.code === '42501') {
+    return new TenantError(
+      'insufficient_privilege',
+      "the auth query cannot read pg_authid: run 'pgtenant init' as a superuser, or start the proxy with --auth relay",
+      { cause: err },
+    );
+  }
+  return err instanceof Error ? err : new Error(err.message ?? 'auth query failed');
 }

@@ -19,7 +19,7 @@ interface ClientCounts {
 interface TenantConnections {
   tenant: string | null;
   clients: ClientCounts;
-  servers: { login: number; active: number };
+  servers: { login: number; active: number; idle: number };
 }
 
 const clients = (over: Partial<ClientCounts> = {}): ClientCounts => ({
@@ -82,7 +82,7 @@ describe('admin API in role isolation', () => {
     const shown = await fx.request('GET', `/v1/tenants/${id}`);
     expect(shown.status).toBe(200);
     expect(shown.json).toMatchObject({ id, schema: id, role: id, state: 'active', schemaVersion: null, migrationsApplied: 0 });
-    expect(shown.json.connections).toEqual({ clients: clients({ idle: 1 }), servers: { login: 0, active: 1 } });
+    expect(shown.json.connections).toEqual({ clients: clients({ idle: 1 }), servers: { login: 0, active: 1, idle: 0 } });
 
     // Suspend alone: the open session carries on, new ones are refused.
     const suspended = await fx.request('PATCH', `/v1/tenants/${id}`, { state: 'suspended' });
@@ -150,8 +150,8 @@ describe('admin API in role isolation', () => {
     const cb = await connect(b, PASSWORD);
 
     const idle = await connections();
-    expect(entryFor(idle, a)).toEqual({ tenant: a, clients: clients({ idle: 1 }), servers: { login: 0, active: 1 } });
-    expect(entryFor(idle, b)).toEqual({ tenant: b, clients: clients({ idle: 1 }), servers: { login: 0, active: 1 } });
+    expect(entryFor(idle, a)).toEqual({ tenant: a, clients: clients({ idle: 1 }), servers: { login: 0, active: 1, idle: 0 } });
+    expect(entryFor(idle, b)).toEqual({ tenant: b, clients: clients({ idle: 1 }), servers: { login: 0, active: 1, idle: 0 } });
     const sum = (o: object): number => (Object.values(o) as number[]).reduce((x, y) => x + y, 0);
     expect(idle.clients).toBe(idle.tenants.reduce((n, t) => n + sum(t.clients), 0));
     expect(idle.servers).toBe(idle.tenants.reduce((n, t) => n + sum(t.servers), 0));

@@ -117,9 +117,16 @@ describe('one fixture, default limits', () => {
     const ended = sessionEnd(client, 5000);
     await client.end();
     await ended;
-    const s3 = await scrapeUntil(fx, (s) => sampleValue(s, 'pgtenant_client_connections', { tenant }) === 0 && sampleValue(s, 'pgtenant_server_connections', { tenant }) === 0);
+    // The backend goes back to its pool: idle, no longer active.
+    const s3 = await scrapeUntil(
+      fx,
+      (s) =>
+        sampleValue(s, 'pgtenant_client_connections', { tenant }) === 0 &&
+        sampleValue(s, 'pgtenant_server_connections', { tenant, state: 'idle' }) === 1,
+    );
     expect(sampleValue(s3, 'pgtenant_client_connections', { tenant })).toBe(0);
-    expect(sampleValue(s3, 'pgtenant_server_connections', { tenant })).toBe(0);
+    expect(sampleValue(s3, 'pgtenant_server_connections', { tenant, state: 'active' })).toBe(0);
+    expect(sampleValue(s3, 'pgtenant_server_connections', { tenant, state: 'idle' })).toBe(1);
     // The ended session's totals are kept, not dropped with it.
     const c3 = countersOf(s3, tenant);
     expectNoDecrease(c2, c3, 'after the session ended');

@@ -237,7 +237,8 @@ describe('leaving halfway', () => {
     );
     for (let i = 0; i < 40 && proxy.server.sessions().size > before; i++) await new Promise((r) => setTimeout(r, 50));
     expect(proxy.server.sessions().size).toBe(before);
-    expect(proxy.server.pool.active().get(tenant) ?? 0).toBe(0);
+    const servers = proxy.server.pool.counts().get(tenant);
+    expect((servers?.active ?? 0) + (servers?.login ?? 0)).toBe(0);
     await expectProxyServes();
   });
 });

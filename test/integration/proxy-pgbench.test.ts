@@ -64,13 +64,21 @@ describe.runIf(hasBinary('pgbench'))(titleNeeding('pgbench through the proxy', '
     expectCleanRun(r);
   });
 
-  it('leaves no session behind once pgbench has exited', async () => {
+  it('leaves no session behind once pgbench has exited, and every backend idle in its pool', async () => {
     for (let i = 0; i < 50 && proxy.server.sessions().size > 0; i++) await new Promise((r) => setTimeout(r, 50));
     expect(proxy.server.sessions().size).toBe(0);
     const backends = async () =>
-      (await fx.admin.query('SELECT count(*)::int AS n FROM pg_catalog.pg_stat_activity WHERE usename = $1', [tenant])).rows[0].n;
-    // A backend exits a moment after its socket closes.
-    for (let i = 0; i < 50 && (await backends()) > 0; i++) await new Promise((r) => setTimeout(r, 50));
-    expect(await backends()).toBe(0);
+      (
+        await fx.admin.query<{ state: string; n: number }>(
+          'SELECT state, count(*)::int AS n FROM pg_catalog.pg_stat_activity WHERE usename = $1 GROUP BY state',
+          [tenant],
+        )
+      ).rows;
+    const pooled = proxy.server.pool.counts().get(tenant);
+    expect(pooled?.active ?? 0).toBe(0);
+    expect(pooled?.idle ?? 0).toBeGreaterThan(0);
+    // What the pool holds is exactly what the server has for the tenant: idle backends, nothing running.
+    for (let i = 0; i < 50 && (await backends()).some((r) => r.state !== 'idle'); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(await backends()).toEqual([{ state: 'idle', n: pooled!.idle }]);
   });
 });

@@ -46,6 +46,18 @@ async function backendGone(pid: number): Promise<boolean> {
   return false;
 }
 
+/** Polls until the pooled backend sits idle after the proxy's reset; returns its last statement. */
+async function backendReset(pid: number): Promise<string | null> {
+  let query: string | null = null;
+  for (let i = 0; i < 40; i++) {
+    const { rows } = await fx.admin.query('SELECT state, query FROM pg_catalog.pg_stat_activity WHERE pid = $1', [pid]);
+    query = rows[0]?.query ?? null;
+    if (rows[0]?.state === 'idle' && query === 'DISCARD ALL') return query;
+    await sleep(50);
+  }
+  return query;
+}
+
 const pidOf = async (c: pg.Client): Promise<number> => (await c.query('SELECT pg_catalog.pg_backend_pid() AS pid')).rows[0].pid;
 
 describe('data in bulk', () => {
@@ -155,16 +167,45 @@ describe.runIf(hasBinary('psql'))(titleNeeding('COPY through psql', 'psql'), () 
 });
 
 describe('sessions ending', () => {
-  it('a client that says Terminate leaves no backend behind', async () => {
+  it('a client that says Terminate hands its backend back to the pool, reset with DISCARD ALL, and the next client gets it', async () => {
     const c = await client();
     const pid = await pidOf(c);
+    await c.query("SET statement_timeout = '7s'");
     await c.end();
-    expect(await backendGone(pid)).toBe(true);
+    expect(await backendReset(pid)).toBe('DISCARD ALL');
+    const next = await client();
+    try {
+      expect(await pidOf(next)).toBe(pid);
+      expect((await next.query('SHOW statement_timeout')).rows[0].statement_timeout).toBe('0');
+    } finally {
+      await next.end();
+    }
   });
 
-  it('a client that vanishes without Terminate leaves no backend behind', async () => {
+  it('a client that vanishes inside a transaction has it rolled back before its backend is reused', async () => {
+    const setup = await client();
+    await setup.query('CREATE TABLE IF NOT EXISTS vanished (i int)');
+    await setup.end();
     const c = await client();
     const pid = await pidOf(c);
+    await c.query('BEGIN');
+    await c.query('INSERT INTO vanished VALUES (1)');
+    (c as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+    expect(await backendReset(pid)).toBe('DISCARD ALL');
+    const next = await client();
+    try {
+      expect(await pidOf(next)).toBe(pid);
+      expect((await next.query('SELECT count(*)::int AS n FROM vanished')).rows[0].n).toBe(0);
+    } finally {
+      await next.end();
+    }
+  });
+
+  it('a client that vanishes while its query runs leaves no backend behind', async () => {
+    const c = await client();
+    const pid = await pidOf(c);
+    void c.query('SELECT pg_catalog.pg_sleep(0.3)').catch(() => undefined);
+    await sleep(50);
     (c as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
     expect(await backendGone(pid)).toBe(true);
   });

@@ -50,14 +50,18 @@ async function serverWithSsl(): Promise<EmbeddedPostgres> {
   throw new Error('ssl did not come on after reload');
 }
 
-async function proxyTo(sslmode: string | null, clientTls: boolean): Promise<ProxyServer> {
+async function proxyTo(sslmode: string | null, clientTls: boolean, auth: 'proxy' | 'relay' = 'proxy'): Promise<ProxyServer> {
   const upstream = sslmode ? `${server!.url}?sslmode=${sslmode}` : server!.url;
   const config = resolveConfig({
-    flags: { upstream, listen: '127.0.0.1:0', adminListen: 'off', ...(clientTls ? { tlsCert: cert, tlsKey: key } : {}) },
+    flags: { upstream, listen: '127.0.0.1:0', adminListen: 'off', auth, ...(clientTls ? { tlsCert: cert, tlsKey: key } : {}) },
     env: {},
   });
   // The directory reads the control schema with pg, whose sslmode handling differs from libpq's: keep it plaintext.
-  const directory = { lookup: async (id: string) => (await new TenantService(admin, { isolation: 'role' }).get(id).catch(() => null)) };
+  const directory = {
+    lookup: async (id: string) => (await new TenantService(admin, { isolation: 'role' }).get(id).catch(() => null)),
+    roleSecret: async (role: string) =>
+      (await admin.query('SELECT secret, valid_until AS "validUntil", can_login AS "canLogin" FROM pgtenant.role_secret($1)', [role])).rows[0] ?? null,
+  };
   const p = await startProxy({ config, log: silentLogger, tenants: directory });
   proxies.push(p);
   return p;
@@ -125,8 +129,10 @@ describe.runIf(hasBinary('openssl'))(titleNeeding('upstream TLS', 'openssl'), ()
 
   describe('TLS on both legs', () => {
     let p: ProxyServer;
+    let relayed: ProxyServer;
     beforeAll(async () => {
       p = await proxyTo('require', true);
+      relayed = await proxyTo('require', true, 'relay');
     });
 
     it('pg over TLS without channel binding logs in', async () => {
@@ -135,19 +141,29 @@ describe.runIf(hasBinary('openssl'))(titleNeeding('upstream TLS', 'openssl'), ()
       await c.end();
     });
 
+    // The proxy is the SCRAM server and offers no -PLUS mechanism, so a client able to bind says "y" and logs in.
+    it('pg over TLS that supports channel binding (SCRAM gs2 flag "y") logs in with proxy-side authentication', async () => {
+      const c = await connectPg(cfg(p, { ssl: { rejectUnauthorized: false }, enableChannelBinding: true } as pg.ClientConfig));
+      expect((await c.query('SELECT current_user AS u')).rows).toEqual([{ u: tenant }]);
+      await c.end();
+    });
+
     // Relayed SCRAM cannot carry channel binding across two TLS sessions (the client's proof covers its
     // "y" flag, and the server, which offered -PLUS, reads it as a downgrade): the client is told what to do.
-    it('pg over TLS that supports channel binding (SCRAM gs2 flag "y") gets 0A000 with a hint', async () => {
-      const err = await rejection(connectPg(cfg(p, { ssl: { rejectUnauthorized: false }, enableChannelBinding: true } as pg.ClientConfig)));
+    it('with --auth relay, pg over TLS that supports channel binding gets 0A000 with a hint', async () => {
+      const err = await rejection(connectPg(cfg(relayed, { ssl: { rejectUnauthorized: false }, enableChannelBinding: true } as pg.ClientConfig)));
       expect(err.code).toBe('0A000');
       expect(err.message).toMatch(/channel binding/);
     });
 
-    it.runIf(hasBinary('psql'))(titleNeeding('psql with sslmode=require: channel_binding=prefer is told to disable it, and with channel_binding=disable logs in', 'psql'), async () => {
-      const url = `postgres://${tenant}:${PASSWORD}@127.0.0.1:${p.address.port}/postgres?sslmode=require`;
-      const refused = await run('psql', ['-X', '-A', '-t', '-d', url, '-c', 'SELECT current_user']);
+    it.runIf(hasBinary('psql'))(titleNeeding('psql with sslmode=require logs in; with --auth relay channel_binding=prefer is told to disable it', 'psql'), async () => {
+      const url = (q: ProxyServer) => `postgres://${tenant}:${PASSWORD}@127.0.0.1:${q.address.port}/postgres?sslmode=require`;
+      const direct = await run('psql', ['-X', '-A', '-t', '-d', url(p), '-c', 'SELECT current_user']);
+      expect(direct.stderr).toBe('');
+      expect(direct.stdout.trim()).toBe(tenant);
+      const refused = await run('psql', ['-X', '-A', '-t', '-d', url(relayed), '-c', 'SELECT current_user']);
       expect(refused.stderr).toMatch(/channel binding.*\n.*HINT:.*channel_binding=disable/s);
-      const r = await run('psql', ['-X', '-A', '-t', '-d', `${url}&channel_binding=disable`, '-c', 'SELECT current_user']);
+      const r = await run('psql', ['-X', '-A', '-t', '-d', `${url(relayed)}&channel_binding=disable`, '-c', 'SELECT current_user']);
       expect(r.stderr).toBe('');
       expect(r.stdout.trim()).toBe(tenant);
     });

@@ -5,16 +5,9 @@ import type { ClientConnection } from '../client.js';
 import { Frontend } from '../protocol/constants.js';
 import { parseSASLInitialResponse } from '../protocol/frontend.js';
 import type { BackendWriter } from '../protocol/writer.js';
-import type { BackendConnection } from '../upstream.js';
+import { backendError, type BackendConnection } from '../upstream.js';
 
 type Sasl = BackendMessage & { mechanisms?: string[]; data?: string; salt?: Buffer };
-
-/** A backend ErrorResponse, as an error for the client (the server's SQLSTATE is kept). */
-export function backendError(m: BackendMessage): PgError {
-  const e = m as BackendMessage & { code?: string; message?: string; severity?: string; detail?: string; hint?: string };
-  const severity = e.severity === 'ERROR' ? 'ERROR' : 'FATAL';
-  return new PgError(e.code ?? '08006', e.message ?? 'upstream error', severity, e.detail, e.hint);
-}
 
 const channelBindingUnavailable = () =>
   new PgError(

@@ -8,6 +8,10 @@ const QUERY = Frontend.Query;
 const EXECUTE = Frontend.Execute;
 const SYNC = Frontend.Sync;
 const FUNCTION_CALL = Frontend.FunctionCall;
+const FLUSH = Frontend.Flush;
+const COPY_DATA = Frontend.CopyData;
+const COPY_DONE = Frontend.CopyDone;
+const COPY_FAIL = Frontend.CopyFail;
 const IDLE = 0x49; // 'I'
 
 /** Which end of the connection writes the stream: some type letters mean different messages on each side. */
@@ -27,6 +31,13 @@ export class HeaderScanner {
   /** Status byte ('I', 'T' or 'E') of the last ReadyForQuery seen; 0 before any. */
   readyForQueryStatus = 0;
   sawTerminate = false;
+  /**
+   * Frontend: where the Terminate header starts in the chunk just scanned, so a pooled backend never gets it;
+   * -1 when it started in an earlier chunk (its type byte is already forwarded), -2 before any Terminate.
+   */
+  terminateAt = -2;
+  /** Frontend: messages since the last sync point that still need one (Parse, Bind, ... without Sync yet). */
+  unsynced = 0;
 
   // Counters read by the metrics at scrape time: a few integer additions per message, nothing allocated.
   /** Frontend: Query and Execute messages, the client's statements. */
@@ -76,7 +87,7 @@ export class HeaderScanner {
         this.remaining -= step;
         i += step;
       } else if (this.headerSeen === 0 && n - i >= HEADER) {
-        if (!this.header(chunk[i]!, chunk.readInt32BE(i + 1))) return -1;
+        if (!this.header(chunk[i]!, chunk.readInt32BE(i + 1), i)) return -1;
         i += HEADER;
       } else if (this.headerSeen === 0) {
         this.pendingType = chunk[i++]!;
@@ -87,14 +98,15 @@ export class HeaderScanner {
         this.pendingLength = (this.pendingLength << 8) | chunk[i++]!;
         if (++this.headerSeen === HEADER) {
           this.headerSeen = 0;
-          if (!this.header(this.pendingType, this.pendingLength)) return -1;
+          if (!this.header(this.pendingType, this.pendingLength, -1)) return -1;
         }
       }
     }
     return 0;
   }
 
-  private header(type: number, length: number): boolean {
+  /** `start` is the header's offset in the current chunk, or -1 when it began in an earlier one. */
+  private header(type: number, length: number, start: number): boolean {
     if (length < 4) return false;
     this.lastType = type;
     this.messages++;
@@ -103,9 +115,18 @@ export class HeaderScanner {
       if (type === QUERY) {
         this.queries++;
         this.syncs++;
-      } else if (type === EXECUTE) this.queries++;
-      else if (type === SYNC || type === FUNCTION_CALL) this.syncs++;
-      else if (type === TERMINATE) this.sawTerminate = true;
+        this.unsynced = 0;
+      } else if (type === SYNC || type === FUNCTION_CALL) {
+        this.syncs++;
+        this.unsynced = 0;
+      } else if (type === TERMINATE) {
+        this.sawTerminate = true;
+        this.terminateAt = start;
+      } else if (type !== FLUSH && type !== COPY_DATA && type !== COPY_DONE && type !== COPY_FAIL) {
+        // Copy messages belong to the Query that started the copy, which was already a sync point.
+        if (type === EXECUTE) this.queries++;
+        this.unsynced++;
+      }
     } else if (type === READY_FOR_QUERY) {
       this.wantStatus = this.remaining > 0;
       this.readies++;

@@ -1,0 +1,49 @@
+// What a pooled backend is told between clients: the next client's startup settings, and the reset after the last one.
+import type { BackendConnection } from './upstream.js';
+
+/** A string literal that reads the same whatever standard_conforming_strings says. */
+function literal(value: string): string {
+  return `E'${value.replace(/\\/g, '\\\\').replace(/'/g, "''")}'`;
+}
+
+/**
+ * The SQL that gives a pooled backend (opened without them) the settings the client asked for at startup,
+ * or null when there are none to change. Values the server reports (ParameterStatus) are compared, so a
+ * client asking for what the backend already has costs no round trip.
+ */
+export function settingsToApply(wanted: ReadonlyMap<string, string>, reported: ReadonlyMap<string, string>): string | null {
+  const current = new Map([...reported].map(([k, v]) => [k.toLowerCase(), v]));
+  const statements: string[] = [];
+  for (const [name, value] of wanted) {
+    if (current.get(name.toLowerCase()) === value) continue;
+    statements.push(`SELECT pg_catalog.set_config(${literal(name)}, ${literal(value)}, false)`);
+  }
+  return statements.length > 0 ? statements.join('; ') : null;
+}
+
+/**
+ * Returns the backend to a fresh session's state: a transaction left open is rolled back, then DISCARD ALL
+ * drops settings, prepared statements, temporary tables, advisory locks and LISTENs. Rejects on an error or
+ * when the server does not answer within `timeoutMs`; the caller then closes the backend.
+ */
+export async function resetBackend(
+  backend: BackendConnection,
+  state: 'idle' | 'idle_in_transaction',
+  timeoutMs: number,
+): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer to the reset within ${timeoutMs} ms`)), timeoutMs);
+  });
+  try {
+    await Promise.race([
+      (async () => {
+        if (state === 'idle_in_transaction') await backend.query('ROLLBACK');
+        await backend.query('DISCARD ALL');
+      })(),
+      timeout,
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
