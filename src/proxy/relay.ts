@@ -83,6 +83,14 @@ export class Relay {
     server.resume();
   }
 
+  get queries(): number {
+    return this.fromClient.queries;
+  }
+
+  get transactions(): number {
+    return this.fromServer.transactions;
+  }
+
   /**
    * From the counters alone: a client is active while it has sync points (Query, Sync) the server has not yet
    * answered with ReadyForQuery, or while the server streams something after its last ReadyForQuery.

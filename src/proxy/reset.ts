@@ -7,18 +7,22 @@ function literal(value: string): string {
 }
 
 /**
- * The SQL that gives a pooled backend (opened without them) the settings the client asked for at startup,
- * or null when there are none to change. Values the server reports (ParameterStatus) are compared, so a
- * client asking for what the backend already has costs no round trip.
+ * Gives a pooled backend (opened without them) the settings the client asked for at startup. Values the
+ * server reports (ParameterStatus) and those the proxy set earlier are compared, so a client asking for
+ * what the backend already has costs no round trip.
  */
-export function settingsToApply(wanted: ReadonlyMap<string, string>, reported: ReadonlyMap<string, string>): string | null {
-  const current = new Map([...reported].map(([k, v]) => [k.toLowerCase(), v]));
+export async function applySettings(backend: BackendConnection, wanted: ReadonlyMap<string, string>): Promise<void> {
+  if (wanted.size === 0) return;
+  const reported = new Map([...backend.parameters].map(([k, v]) => [k.toLowerCase(), v]));
   const statements: string[] = [];
   for (const [name, value] of wanted) {
-    if (current.get(name.toLowerCase()) === value) continue;
+    const key = name.toLowerCase();
+    if ((backend.applied.get(key) ?? reported.get(key)) === value) continue;
     statements.push(`SELECT pg_catalog.set_config(${literal(name)}, ${literal(value)}, false)`);
   }
-  return statements.length > 0 ? statements.join('; ') : null;
+  if (statements.length === 0) return;
+  await backend.query(statements.join('; '));
+  for (const [name, value] of wanted) backend.applied.set(name.toLowerCase(), value);
 }
 
 /**
@@ -40,6 +44,8 @@ export async function resetBackend(
       (async () => {
         if (state === 'idle_in_transaction') await backend.query('ROLLBACK');
         await backend.query('DISCARD ALL');
+        backend.prepared.clear();
+        backend.applied.clear();
       })(),
       timeout,
     ]);

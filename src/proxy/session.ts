@@ -19,7 +19,8 @@ import { BackendWriter, errorResponseFor } from './protocol/writer.js';
 import { Relay } from './relay.js';
 import { backendStartupParameters, clientSettings, identify } from './router.js';
 import { connectBackend, sendCancelRequest, type BackendConnection, type UpstreamTarget } from './upstream.js';
-import { resetBackend, settingsToApply } from './reset.js';
+import { applySettings, resetBackend } from './reset.js';
+import { TransactionRelay } from './transaction-relay.js';
 
 export enum SessionState {
   Startup = 'startup',
@@ -68,7 +69,11 @@ export class Session {
   /** Where the backend stands for the pool: `idle` between statements, null when it must not be reused. */
   private backendState: 'idle' | 'idle_in_transaction' | null = null;
   private proxyKey: CancelKey | null = null;
-  private relay: Relay | null = null;
+  private relay: Relay | TransactionRelay | null = null;
+  /** Opens a backend for this session's pool, once the client has authenticated (proxy-side auth only). */
+  private opener: (() => Promise<BackendConnection>) | null = null;
+  private poolKey: PoolKey | null = null;
+  private settings: ReadonlyMap<string, string> = new Map();
   private encrypted = false;
   /** Set when the tenant changed while this session was still logging in; checked before relaying. */
   private revoked: PgError | null = null;
@@ -129,8 +134,8 @@ export class Session {
     return {
       bytesIn: this.client.bytesIn + (relay?.stats.bytesIn ?? 0),
       bytesOut: this.client.bytesOut + (relay?.stats.bytesOut ?? 0),
-      queries: relay?.fromClient.queries ?? 0,
-      transactions: relay?.fromServer.transactions ?? 0,
+      queries: relay?.queries ?? 0,
+      transactions: relay?.transactions ?? 0,
     };
   }
 
@@ -198,7 +203,7 @@ export class Session {
 
   /** Sends a CancelRequest for this session's backend. */
   cancel(): void {
-    const key = this.backend?.key;
+    const key = (this.relay instanceof TransactionRelay ? this.relay.backend : this.backend)?.key;
     if (!key || this.state !== SessionState.Relaying) return;
     this.log.info('forwarding cancel request');
     sendCancelRequest(this.deps.target, key.processId, key.secretKey, this.deps.config.connectTimeout).catch((err) =>
@@ -217,7 +222,7 @@ export class Session {
     const user = params.get('user')!;
     const identity = identify(params, config.isolation);
     // Settings are checked before the password exchange, as PostgreSQL checks the packet before authenticating.
-    const settings = clientSettings(params);
+    this.settings = clientSettings(params);
     this.tenant = identity.tenantId;
     this.log = this.log.child({ tenant: identity.tenantId });
     const record = await this.lookupTenant(identity.tenantId);
@@ -248,12 +253,30 @@ export class Session {
     if (credentials) {
       const startupMessage = encodeStartupMessage(backendStartupParameters(new Map([['database', key.database]]), key.role, schema));
       const login = credentials;
-      this.backend = await this.deps.pool.acquire(key, () => this.open(startupMessage, (b) => loginBackend(b, login)));
-      const sql = settingsToApply(settings, this.backend.parameters);
-      if (sql) await this.backend.query(sql);
+      this.poolKey = key;
+      this.opener = () => this.open(startupMessage, (b) => loginBackend(b, login));
+      // In transaction mode too: the greeting needs a backend's parameters, and a login that cannot reach one should fail now.
+      this.backend = await this.acquireBackend();
     }
     this.backendState = 'idle';
     this.greet();
+    if (config.poolMode === 'transaction') {
+      this.deps.pool.release(this.backend!, true);
+      this.backend = null;
+    }
+  }
+
+  /** A backend from this session's pool with the client's startup settings applied. */
+  private async acquireBackend(): Promise<BackendConnection> {
+    const backend = await this.deps.pool.acquire(this.poolKey!, this.opener!);
+    try {
+      await applySettings(backend, this.settings);
+    } catch (err) {
+      // The settings are the client's mistake (an invalid value), not the backend's: it stays usable.
+      this.deps.pool.release(backend, backend.alive);
+      throw err;
+    }
+    return backend;
   }
 
   /** Opens a backend and logs it in; the pool calls this when it has room for one more. */
@@ -303,10 +326,21 @@ export class Session {
     // The client may have left while it waited for a backend: its close event has been and gone.
     if (this.client.socket.destroyed) throw new ClientGone('client closed while waiting for a backend');
     this.transition(SessionState.Relaying);
-    const backend = this.backend!;
-    backend.detach();
     this.client.detach();
-    this.relay = new Relay(this.client.socket, backend.socket);
+    if (this.deps.config.poolMode === 'transaction') {
+      this.relay = new TransactionRelay(this.client.socket, {
+        acquire: async () => {
+          const backend = await this.acquireBackend();
+          backend.detach();
+          return backend;
+        },
+        release: (backend, dirty) => void this.giveBack(backend, 'idle', dirty),
+      });
+    } else {
+      const backend = this.backend!;
+      backend.detach();
+      this.relay = new Relay(this.client.socket, backend.socket);
+    }
     this.relay.start(this.client.reader.takeRemaining());
     this.deps.observer.sessionStarted(this.tenant!);
     return this.relay.done;
@@ -328,19 +362,29 @@ export class Session {
     else this.client.refuse(err);
   }
 
-  /** Gives the backend back: reset when it sits between statements, closed when anything was left half done. */
+  /** Gives the backend back when the session ends: reset when it sits between statements, else closed. */
   private async cleanup(): Promise<void> {
     if (this.state !== SessionState.Closed) this.transition(SessionState.Closed);
     if (this.proxyKey) this.deps.cancels.revoke(this.proxyKey.processId);
-    const backend = this.backend;
+    let held: { backend: BackendConnection; state: 'idle' | 'idle_in_transaction' | null; dirty: boolean } | null;
+    if (this.relay instanceof TransactionRelay) held = this.relay.takeBackend();
+    else if (this.backend) held = { backend: this.backend, state: this.relay ? this.relay.backendState : this.backendState, dirty: true };
+    else held = null;
     this.backend = null;
-    if (!backend) return;
-    const state = this.relay ? this.relay.backendState : this.backendState;
+    if (held) await this.giveBack(held.backend, held.state, held.dirty);
+  }
+
+  /** Returns a backend to the pool: as it is when clean, after ROLLBACK and DISCARD ALL when not, closed when half done. */
+  private async giveBack(backend: BackendConnection, state: 'idle' | 'idle_in_transaction' | null, dirty: boolean): Promise<void> {
     if (this.deps.config.auth === 'relay' || state === null || !backend.alive) {
       this.deps.pool.release(backend, false);
       return;
     }
     backend.attach();
+    if (state === 'idle' && !dirty) {
+      this.deps.pool.release(backend, true);
+      return;
+    }
     try {
       await resetBackend(backend, state, this.deps.config.connectTimeout);
       this.deps.pool.release(backend, true);

@@ -115,6 +115,10 @@ export class BackendConnection {
   readonly createdAt = Date.now();
   /** The server's ParameterStatus values, as of the last time the connection was attached. */
   readonly parameters = new Map<string, string>();
+  /** Statements the transaction-mode relay prepared here, by server name; DISCARD ALL empties it. */
+  readonly prepared = new Set<string>();
+  /** Settings the proxy gave this session for its clients (set_config); DISCARD ALL empties it. */
+  readonly applied = new Map<string, string>();
   /** The server's own cancel key (BackendKeyData), once logged in. */
   key: { processId: number; secretKey: number } | null = null;
   private readonly onData = (chunk: Buffer) => this.parser.parse(chunk, (m) => this.deliver(m));

@@ -1,5 +1,4 @@
 // `pgtenant proxy`: runs the proxy and its admin API until SIGINT/SIGTERM, then shuts down gracefully.
-import { ConfigError } from '../../config.js';
 import { startRuntime } from '../../runtime.js';
 import { EXIT_OK, type Command } from '../command.js';
 
@@ -7,13 +6,11 @@ export const proxyCommand: Command = {
   command: 'proxy',
   describe: 'Run the proxy and the admin API',
   options: [
-    'upstream', 'listen', 'adminListen', 'adminToken', 'metricsTenantLimit', 'isolation', 'poolMode', 'tlsCert', 'tlsKey', 'clientTls',
+    'upstream', 'listen', 'adminListen', 'adminToken', 'metricsTenantLimit', 'isolation', 'poolMode', 'auth', 'poolSize', 'maxBackends',
+    'poolMinIdle', 'poolWaitTimeout', 'serverIdleTimeout', 'serverLifetime', 'tlsCert', 'tlsKey', 'clientTls',
     'connectTimeout', 'shutdownTimeout', 'tenantCacheTtl', 'migrationsDir',
   ],
   async run(_args, { config, log, stopped }) {
-    if (config.poolMode === 'transaction') {
-      throw new ConfigError('--pool-mode transaction is not available yet: it needs proxy-side authentication (run in session mode)');
-    }
     const runtime = await startRuntime({ config, log });
     const signal = await stopped;
     log.info({ signal }, 'stop requested');

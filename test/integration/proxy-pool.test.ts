@@ -1,0 +1,387 @@
+// Session-mode backend pooling against a real server: reuse and reset, startup settings, pool and global caps with fairness, idle/lifetime reaping, dead backends, minIdle, mid-transaction disconnects.
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { uniqueTenantId } from '../support/db.js';
+import { connectPg, proxyFixture, rejection, sleep, type ProxyFixture, type TestProxy } from '../support/proxy.js';
+
+const PASSWORD = 'pool-password-123';
+let fx: ProxyFixture;
+
+beforeAll(async () => {
+  fx = await proxyFixture('role');
+});
+
+afterAll(async () => {
+  await fx?.close();
+});
+
+async function newTenant(prefix: string): Promise<string> {
+  const id = uniqueTenantId(prefix);
+  await fx.tenants.create(id, { password: PASSWORD });
+  return id;
+}
+
+/** Runs fn against a proxy of its own, stopped afterwards so its backends do not linger into the next test. */
+async function withProxy(flags: Record<string, unknown>, fn: (p: TestProxy) => Promise<void>): Promise<void> {
+  const p = await fx.startProxy(flags);
+  try {
+    await fn(p);
+  } finally {
+    await p.server.close(0);
+  }
+}
+
+const connect = (p: TestProxy, tenant: string, extra: Partial<pg.ClientConfig> = {}) =>
+  connectPg({ ...p.clientConfig(tenant, PASSWORD), ...extra });
+
+const pidOf = async (c: pg.Client): Promise<number> => (await c.query('SELECT pg_catalog.pg_backend_pid() AS pid')).rows[0].pid;
+
+/** Polls `cond` every 25 ms for up to `ms`; true once it held. */
+async function until(cond: () => boolean | Promise<boolean>, ms = 3000): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    if (await cond()) return true;
+    if (Date.now() > deadline) return false;
+    await sleep(25);
+  }
+}
+
+const counts = (p: TestProxy, tenant: string) => p.server.pool.counts().get(tenant) ?? { login: 0, active: 0, idle: 0 };
+
+/** Waits until the tenant's pool holds `n` idle backends (a released backend is reset before it is idle). */
+const idleReaches = (p: TestProxy, tenant: string, n: number) => until(() => counts(p, tenant).idle === n);
+
+const backendGone = (pid: number) =>
+  until(async () => (await fx.admin.query('SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = $1', [pid])).rowCount === 0, 5000);
+
+const usenameOf = async (pid: number): Promise<string | null> =>
+  (await fx.admin.query('SELECT usename FROM pg_catalog.pg_stat_activity WHERE pid = $1', [pid])).rows[0]?.usename ?? null;
+
+const backendsOf = async (role: string): Promise<number> =>
+  (await fx.admin.query<{ n: number }>('SELECT count(*)::int AS n FROM pg_catalog.pg_stat_activity WHERE usename = $1', [role])).rows[0]!.n;
+
+/**
+ * A connect that may have to wait for a backend. `authenticated` resolves on AuthenticationOk: the proxy sends
+ * it right before it asks the pool, so from then on the client is queued (or served).
+ */
+function queued(p: TestProxy, tenant: string) {
+  const client = new pg.Client({ ...p.clientConfig(tenant, PASSWORD), connectionTimeoutMillis: 20_000 });
+  client.on('error', () => undefined);
+  const connection = (client as unknown as { connection: NodeJS.EventEmitter }).connection;
+  const authenticated = new Promise<void>((resolve) => connection.once('authenticationOk', () => resolve()));
+  const connected = client.connect().then(() => client);
+  connected.catch(() => undefined);
+  return { client, authenticated, connected };
+}
+
+/** True when the promise has not settled within `ms` (used only to show a client is still waiting). */
+const stillPending = async (p: Promise<unknown>, ms = 300): Promise<boolean> =>
+  Promise.race([p.then(() => false, () => false), sleep(ms).then(() => true)]);
+
+/** Records the largest pool size seen until stopped. */
+function watchPoolSize(p: TestProxy): { stop(): number } {
+  let max = p.server.pool.size;
+  const timer = setInterval(() => (max = Math.max(max, p.server.pool.size)), 2);
+  return {
+    stop() {
+      clearInterval(timer);
+      return Math.max(max, p.server.pool.size);
+    },
+  };
+}
+
+describe('reuse', () => {
+  it('the next client of a tenant gets the same backend, with nothing left from the first (DISCARD ALL)', async () => {
+    const tenant = await newTenant('reuse');
+    await withProxy({}, async (p) => {
+      const first = await connect(p, tenant);
+      const pid = await pidOf(first);
+      const workMem = (await first.query('SHOW work_mem')).rows[0].work_mem as string;
+      await first.query("SET work_mem = '7777kB'");
+      await first.query('PREPARE leftover_stmt AS SELECT 1');
+      await first.query('CREATE TEMP TABLE leftover_temp (i int)');
+      await first.query('SELECT pg_catalog.pg_advisory_lock(424242)');
+      await first.query('LISTEN leftover_channel');
+      const { rows: held } = await fx.admin.query("SELECT count(*)::int AS n FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = $1", [pid]);
+      expect(held[0].n).toBe(1);
+      await first.end();
+      expect(await idleReaches(p, tenant, 1)).toBe(true);
+
+      const second = await connect(p, tenant);
+      try {
+        expect(await pidOf(second)).toBe(pid);
+        expect((await second.query('SHOW work_mem')).rows[0].work_mem).toBe(workMem);
+        expect((await second.query('SELECT count(*)::int AS n FROM pg_catalog.pg_prepared_statements')).rows[0].n).toBe(0);
+        await expect(second.query('EXECUTE leftover_stmt')).rejects.toMatchObject({ code: '26000' });
+        const temp = await second.query("SELECT count(*)::int AS n FROM pg_catalog.pg_class WHERE relname = 'leftover_temp' AND relpersistence = 't'");
+        expect(temp.rows[0].n).toBe(0);
+        expect((await second.query('SELECT count(*)::int AS n FROM pg_catalog.pg_listening_channels()')).rows[0].n).toBe(0);
+        const { rows: locks } = await fx.admin.query("SELECT count(*)::int AS n FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = $1", [pid]);
+        expect(locks[0].n).toBe(0);
+      } finally {
+        await second.end();
+      }
+    });
+  });
+
+  it('a reused backend gets the next client\'s startup settings, and never its search_path', async () => {
+    const tenant = await newTenant('settings');
+    await withProxy({}, async (p) => {
+      const a = await connect(p, tenant, { application_name: 'a' });
+      const pid = await pidOf(a);
+      expect((await a.query('SHOW application_name')).rows[0].application_name).toBe('a');
+      await a.end();
+      expect(await idleReaches(p, tenant, 1)).toBe(true);
+
+      const b = await connect(p, tenant, { application_name: 'b', options: '-c statement_timeout=1234' });
+      expect(await pidOf(b)).toBe(pid);
+      expect((await b.query('SHOW application_name')).rows[0].application_name).toBe('b');
+      expect((await b.query('SHOW statement_timeout')).rows[0].statement_timeout).toBe('1234ms');
+      const { rows } = await fx.admin.query('SELECT application_name FROM pg_catalog.pg_stat_activity WHERE pid = $1', [pid]);
+      expect(rows).toEqual([{ application_name: 'b' }]);
+      await b.end();
+      expect(await idleReaches(p, tenant, 1)).toBe(true);
+
+      const c = await connect(p, tenant, { options: '-c search_path=public' });
+      try {
+        expect(await pidOf(c)).toBe(pid);
+        expect((await c.query('SELECT current_schema() AS s')).rows).toEqual([{ s: tenant }]);
+        // What b asked for went with b.
+        expect((await c.query('SHOW statement_timeout')).rows[0].statement_timeout).toBe('0');
+        expect((await c.query('SHOW application_name')).rows[0].application_name).not.toBe('b');
+      } finally {
+        await c.end();
+      }
+    });
+  });
+
+  it('pools never mix tenants: alternating clients of two tenants never share a backend', async () => {
+    const [ta, tb] = [await newTenant('mixa'), await newTenant('mixb')];
+    await withProxy({}, async (p) => {
+      const seen = new Map<string, Set<number>>([
+        [ta, new Set()],
+        [tb, new Set()],
+      ]);
+      for (let i = 0; i < 6; i++) {
+        const tenant = i % 2 === 0 ? ta : tb;
+        const c = await connect(p, tenant);
+        const pid = await pidOf(c);
+        expect(await usenameOf(pid)).toBe(tenant);
+        expect((await c.query('SELECT current_user AS u, current_schema() AS s')).rows).toEqual([{ u: tenant, s: tenant }]);
+        seen.get(tenant)!.add(pid);
+        await c.end();
+        expect(await idleReaches(p, tenant, 1)).toBe(true);
+      }
+      const [pa, pb] = [[...seen.get(ta)!], [...seen.get(tb)!]];
+      // Each tenant kept reusing its own backend, and none crossed over.
+      expect(pa).toHaveLength(1);
+      expect(pb).toHaveLength(1);
+      expect(pa.filter((pid) => pb.includes(pid))).toEqual([]);
+    });
+  });
+});
+
+describe('limits', () => {
+  it('a full pool refuses a third client with 53300 naming the tenant after poolWaitTimeout', async () => {
+    const tenant = await newTenant('full');
+    await withProxy({ poolSize: 2, poolWaitTimeout: 800 }, async (p) => {
+      const holders = [await connect(p, tenant), await connect(p, tenant)];
+      try {
+        const err = await rejection(connect(p, tenant));
+        expect(err.code).toBe('53300');
+        expect(err.message).toContain(`"${tenant}"`);
+        expect(counts(p, tenant)).toEqual({ login: 0, active: 2, idle: 0 });
+        // The holders are unaffected.
+        for (const h of holders) expect((await h.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+      } finally {
+        await Promise.all(holders.map((h) => h.end()));
+      }
+    });
+  });
+
+  it('with a longer wait the third client gets the backend the first one gives back', async () => {
+    const tenant = await newTenant('handover');
+    await withProxy({ poolSize: 2, poolWaitTimeout: 15_000 }, async (p) => {
+      const first = await connect(p, tenant);
+      const second = await connect(p, tenant);
+      const pid = await pidOf(first);
+      const third = queued(p, tenant);
+      await third.authenticated;
+      expect(await stillPending(third.connected)).toBe(true);
+      await first.end();
+      const c = await third.connected;
+      try {
+        expect(await pidOf(c)).toBe(pid);
+        expect(p.server.pool.size).toBe(2);
+      } finally {
+        await Promise.all([c.end(), second.end()]);
+      }
+    });
+  });
+
+  it('at the global cap, freed room goes to the other tenant waiting for it, not to the busy tenant\'s queue', async () => {
+    const [ta, tb] = [await newTenant('capa'), await newTenant('capb')];
+    await withProxy({ maxBackends: 2, poolSize: 2, poolWaitTimeout: 5000 }, async (p) => {
+      const watch = watchPoolSize(p);
+      const a1 = await connect(p, ta);
+      const a2 = await connect(p, ta);
+      const a1pid = await pidOf(a1);
+      const a3 = queued(p, ta);
+      await a3.authenticated;
+      const b1 = queued(p, tb);
+      await b1.authenticated;
+      expect(await stillPending(b1.connected)).toBe(true);
+
+      await a1.end();
+      const b = await b1.connected;
+      try {
+        expect(await usenameOf(await pidOf(b))).toBe(tb);
+        expect(await stillPending(a3.connected)).toBe(true);
+        // a1's backend was closed to make that room, not handed to a3.
+        expect(await backendGone(a1pid)).toBe(true);
+        await a2.end();
+        const a = await a3.connected;
+        expect(await usenameOf(await pidOf(a))).toBe(ta);
+        await a.end();
+      } finally {
+        await b.end();
+        expect(watch.stop()).toBeLessThanOrEqual(2);
+      }
+    });
+  });
+
+  it('idle backends of a quiet tenant make room for another at the global cap', async () => {
+    const [ta, tb] = [await newTenant('quieta'), await newTenant('quietb')];
+    // Had B to wait for an idle timeout (60 s by default), this wait timeout would refuse it.
+    await withProxy({ maxBackends: 2, poolWaitTimeout: 3000 }, async (p) => {
+      const watch = watchPoolSize(p);
+      const [a1, a2] = [await connect(p, ta), await connect(p, ta)];
+      const pids = [await pidOf(a1), await pidOf(a2)];
+      await Promise.all([a1.end(), a2.end()]);
+      expect(await idleReaches(p, ta, 2)).toBe(true);
+      const b = await connect(p, tb);
+      try {
+        expect(await usenameOf(await pidOf(b))).toBe(tb);
+        expect(counts(p, ta).idle).toBe(1);
+        expect(counts(p, tb).active).toBe(1);
+        const gone = await Promise.all(pids.map(async (pid) => (await usenameOf(pid)) === null));
+        expect(gone.filter(Boolean)).toHaveLength(1);
+      } finally {
+        await b.end();
+        expect(watch.stop()).toBeLessThanOrEqual(2);
+      }
+    });
+  });
+});
+
+describe('reaping and replacing backends', () => {
+  it('serverIdleTimeout closes a released backend', async () => {
+    const tenant = await newTenant('idleto');
+    await withProxy({ serverIdleTimeout: 300 }, async (p) => {
+      const c = await connect(p, tenant);
+      const pid = await pidOf(c);
+      await c.end();
+      expect(await backendGone(pid)).toBe(true);
+      expect(await until(() => p.server.pool.size === 0)).toBe(true);
+      expect(counts(p, tenant)).toEqual({ login: 0, active: 0, idle: 0 });
+    });
+  });
+
+  it('serverLifetime: a backend older than it is closed when its session ends, not reused', async () => {
+    const tenant = await newTenant('lifetime');
+    await withProxy({ serverLifetime: 300 }, async (p) => {
+      const c = await connect(p, tenant);
+      const pid = await pidOf(c);
+      await c.query('SELECT pg_catalog.pg_sleep(0.4)');
+      await c.end();
+      // Once released it is not parked at all (the reaper would also close an old idle one, but later).
+      expect(await until(() => counts(p, tenant).active === 0)).toBe(true);
+      expect(counts(p, tenant).idle).toBe(0);
+      expect(await backendGone(pid)).toBe(true);
+      const next = await connect(p, tenant);
+      try {
+        expect(await pidOf(next)).not.toBe(pid);
+      } finally {
+        await next.end();
+      }
+    });
+  });
+
+  it('an idle backend the server terminated is replaced: the next client gets a new one', async () => {
+    const tenant = await newTenant('dead');
+    await withProxy({}, async (p) => {
+      const c = await connect(p, tenant);
+      const pid = await pidOf(c);
+      await c.end();
+      expect(await idleReaches(p, tenant, 1)).toBe(true);
+      await fx.admin.query('SELECT pg_catalog.pg_terminate_backend($1)', [pid]);
+      expect(await backendGone(pid)).toBe(true);
+      // The pool watches its idle backends: this one leaves without waiting for a client to trip over it.
+      expect(await until(() => counts(p, tenant).idle === 0)).toBe(true);
+      const next = await connect(p, tenant);
+      try {
+        expect(await pidOf(next)).not.toBe(pid);
+        expect((await next.query('SELECT current_user AS u')).rows).toEqual([{ u: tenant }]);
+      } finally {
+        await next.end();
+      }
+    });
+  });
+
+  it('poolMinIdle keeps two idle backends ready while the tenant has a client', async () => {
+    const tenant = await newTenant('minidle');
+    await withProxy({ poolMinIdle: 2 }, async (p) => {
+      const c = await connect(p, tenant);
+      try {
+        expect(await until(() => counts(p, tenant).idle >= 2, 6000)).toBe(true);
+        expect(counts(p, tenant)).toEqual({ login: 0, active: 1, idle: 2 });
+        expect(await until(async () => (await backendsOf(tenant)) === 3)).toBe(true);
+      } finally {
+        await c.end();
+      }
+    });
+  });
+});
+
+describe('a client vanishing mid-transaction', () => {
+  it('its row lock is released (ROLLBACK) before anyone else needs it', async () => {
+    const tenant = await newTenant('midtx');
+    await withProxy({}, async (p) => {
+      const setup = await connect(p, tenant);
+      await setup.query('CREATE TABLE locked (id int PRIMARY KEY); INSERT INTO locked VALUES (1)');
+      await setup.end();
+
+      const holder = await connect(p, tenant);
+      const pid = await pidOf(holder);
+      await holder.query('BEGIN');
+      await holder.query('SELECT id FROM locked WHERE id = 1 FOR UPDATE');
+      // The lock is really held: another session cannot take it.
+      const probe = await connect(p, tenant);
+      await probe.query("SET lock_timeout = '200ms'");
+      await expect(probe.query('SELECT id FROM locked WHERE id = 1 FOR UPDATE')).rejects.toMatchObject({ code: '55P03' });
+      await probe.end();
+
+      (holder as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+      // Left at a statement boundary, the backend is kept: rolled back, then DISCARD ALL, then idle in the pool
+      // (DISCARD ALL would fail inside the transaction and the backend would be closed instead).
+      expect(
+        await until(async () => {
+          const { rows } = await fx.admin.query('SELECT state, query FROM pg_catalog.pg_stat_activity WHERE pid = $1', [pid]);
+          return rows[0]?.state === 'idle' && rows[0]?.query === 'DISCARD ALL';
+        }),
+      ).toBe(true);
+
+      const next = await connect(p, tenant);
+      try {
+        // Not inside the vanished client's transaction (that one had an xid from FOR UPDATE).
+        expect((await next.query('SELECT txid_current_if_assigned() AS x')).rows).toEqual([{ x: null }]);
+        await next.query("SET lock_timeout = '2s'");
+        await next.query('BEGIN');
+        expect((await next.query('SELECT id FROM locked WHERE id = 1 FOR UPDATE')).rows).toEqual([{ id: 1 }]);
+        await next.query('COMMIT');
+      } finally {
+        await next.end();
+      }
+    });
+  });
+});
