@@ -1,4 +1,4 @@
-// `npm run bench`: pgbench select-only through direct PostgreSQL, PgBouncer (session) and pgtenant, side by side.
+// `npm run bench`: pgbench select-only through direct PostgreSQL, PgBouncer and pgtenant, in session and transaction pool modes, side by side.
 import { randomBytes } from 'node:crypto';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -15,12 +15,20 @@ const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const TENANT = 'bench';
 const SCALE = 10;
 const TARGETS = ['direct', 'pgbouncer', 'pgtenant'];
+/** Backends per pool in transaction mode, the same for PgBouncer and pgtenant. */
+const TRANSACTION_POOL_SIZE = 20;
 const WORKLOADS = [
-  { mode: 'simple', clients: 1, threads: 1 },
-  { mode: 'simple', clients: 20, threads: 2 },
-  { mode: 'extended', clients: 1, threads: 1 },
-  { mode: 'extended', clients: 20, threads: 2 },
+  { pool: 'session', mode: 'simple', clients: 1, threads: 1 },
+  { pool: 'session', mode: 'simple', clients: 20, threads: 2 },
+  { pool: 'session', mode: 'extended', clients: 1, threads: 1 },
+  { pool: 'session', mode: 'extended', clients: 20, threads: 2 },
+  { pool: 'transaction', mode: 'simple', clients: 20, threads: 2 },
+  { pool: 'transaction', mode: 'simple', clients: 200, threads: 2 },
+  { pool: 'transaction', mode: 'extended', clients: 20, threads: 2 },
+  { pool: 'transaction', mode: 'extended', clients: 200, threads: 2 },
 ];
+const POOL_MODES = [...new Set(WORKLOADS.map((w) => w.pool))];
+const poolSizeFor = (pool) => (pool === 'transaction' ? TRANSACTION_POOL_SIZE : 30);
 
 const log = (line) => process.stdout.write(line + '\n');
 
@@ -43,50 +51,53 @@ async function serverVersion(url) {
   }
 }
 
-/** Brings up PgBouncer and pgtenant; a target that fails to start is reported and left out, not fatal. */
-async function startTargets(serverPort, password) {
-  const targets = { direct: { port: serverPort } };
+/**
+ * Brings up PgBouncer and pgtenant once per pool mode: targets[pool][name]. A target that fails to start is
+ * reported and left out, not fatal. Direct connections are the same in every mode.
+ */
+async function startTargets(serverPort, password, upstreamUrl) {
+  const targets = {};
   const notes = {};
   const bin = await ensurePgbouncer(log);
-  if (bin) {
-    try {
-      targets.pgbouncer = { ...(await startPgbouncer(bin, { serverPort, user: TENANT, password })), version: pgbouncerVersion(bin) };
-    } catch (err) {
-      notes.pgbouncer = err.message;
-      log(`PgBouncer column skipped: ${err.message}`);
+  if (!bin) notes.pgbouncer = 'pgbouncer not available';
+  for (const pool of POOL_MODES) {
+    const set = (targets[pool] = { direct: { port: serverPort } });
+    const poolSize = poolSizeFor(pool);
+    if (bin) {
+      try {
+        set.pgbouncer = { ...(await startPgbouncer(bin, { serverPort, user: TENANT, password, poolMode: pool, poolSize })), version: pgbouncerVersion(bin) };
+      } catch (err) {
+        notes[`pgbouncer ${pool}`] = err.message;
+        log(`PgBouncer (${pool}) column skipped: ${err.message}`);
+      }
     }
-  } else {
-    notes.pgbouncer = 'pgbouncer not available';
+    try {
+      set.pgtenant = await startProxy(repoRoot, upstreamUrl, { poolMode: pool, poolSize });
+    } catch (err) {
+      notes[`pgtenant ${pool}`] = err.message;
+      log(`pgtenant (${pool}) column failed: ${err.message}`);
+    }
   }
   return { targets, notes };
-}
-
-async function addProxy(targets, notes, url) {
-  try {
-    targets.pgtenant = await startProxy(repoRoot, url);
-  } catch (err) {
-    notes.pgtenant = err.message;
-    log(`pgtenant column failed: ${err.message}`);
-  }
 }
 
 async function measure(pgbench, conn, targets, seconds) {
   const rows = [];
   for (const w of WORKLOADS) {
-    const row = { workload: `select-only ${w.mode}`, mode: w.mode, clients: w.clients, threads: w.threads, targets: {} };
+    const row = { workload: `${w.pool} select-only ${w.mode}`, pool: w.pool, mode: w.mode, clients: w.clients, threads: w.threads, targets: {} };
     for (const name of TARGETS) {
-      const target = targets[name];
+      const target = targets[w.pool][name];
       if (isStopping()) throw new Error('stopped before the runs finished');
       if (!target) continue;
       try {
         const r = await runSelectOnly(pgbench, { ...conn, port: target.port }, { ...w, seconds });
         row.targets[name] = r;
-        log(`  ${row.workload.padEnd(20)} c=${String(w.clients).padStart(2)}  ${name.padEnd(9)}  ${r.tps.toFixed(0).padStart(7)} tps  ${r.latencyMs.toFixed(3)} ms`);
+        log(`  ${row.workload.padEnd(32)} c=${String(w.clients).padStart(3)}  ${name.padEnd(9)}  ${r.tps.toFixed(0).padStart(7)} tps  ${r.latencyMs.toFixed(3)} ms`);
       } catch (err) {
         if (isStopping()) throw err;
         const died = target.child && target.child.exitCode !== null ? `\n${name} exited; its output:\n${target.child.output.text.trim()}` : '';
         row.targets[name] = { error: err.message + died };
-        log(`  ${row.workload.padEnd(20)} c=${String(w.clients).padStart(2)}  ${name.padEnd(9)}  FAILED: ${err.message}${died}`);
+        log(`  ${row.workload.padEnd(32)} c=${String(w.clients).padStart(3)}  ${name.padEnd(9)}  FAILED: ${err.message}${died}`);
       }
     }
     row.ratios = { pgtenantOverPgbouncer: ratio(row, 'pgbouncer'), pgtenantOverDirect: ratio(row, 'direct') };
@@ -116,14 +127,13 @@ async function main() {
   log(`creating pgbench tables (scale ${SCALE}) in schema '${TENANT}'...`);
   await initTables(pgbench, { ...conn, port }, SCALE);
 
-  const { targets, notes } = await startTargets(port, password);
-  await addProxy(targets, notes, server.url);
+  const { targets, notes } = await startTargets(port, password, server.url);
   // One unrecorded run so the first measured target does not pay for a cold cache.
   await runSelectOnly(pgbench, { ...conn, port }, { mode: 'simple', clients: 4, threads: 2, seconds: Math.min(3, seconds) });
 
-  log(`running ${WORKLOADS.length} workloads x ${Object.keys(targets).length} targets, ${seconds} s each...`);
+  log(`running ${WORKLOADS.length} workloads x ${TARGETS.length} targets, ${seconds} s each (transaction pool size ${TRANSACTION_POOL_SIZE})...`);
   const rows = await measure(pgbench, conn, targets, seconds);
-  const shown = TARGETS.filter((t) => targets[t] || t === 'pgtenant');
+  const shown = TARGETS.filter((t) => POOL_MODES.some((p) => targets[p][t]) || t === 'pgtenant');
   log('\n' + formatTable(rows, shown));
   for (const [name, note] of Object.entries(notes)) log(`note: ${name}: ${note.split('\n')[0]}`);
 
@@ -134,13 +144,14 @@ async function main() {
     seconds,
     scale: SCALE,
     machine: { cpus: cpus().length, loadAverage1m: load, node: process.version },
-    versions: { server: await serverVersion(server.url), pgbench: pgbenchVersion, pgbouncer: targets.pgbouncer?.version ?? null },
+    versions: { server: await serverVersion(server.url), pgbench: pgbenchVersion, pgbouncer: targets.session.pgbouncer?.version ?? null },
+    transactionPoolSize: TRANSACTION_POOL_SIZE,
     server: server.embedded ? 'embedded' : 'PGTENANT_BENCH_DATABASE_URL',
     notes,
     rows,
   });
   log(`\nwrote ${out}`);
-  const failed = !targets.pgtenant || rows.some((r) => Object.values(r.targets).some((t) => t.error));
+  const failed = POOL_MODES.some((p) => !targets[p].pgtenant) || rows.some((r) => Object.values(r.targets).some((t) => t.error));
   return failed ? 1 : 0;
 }
 

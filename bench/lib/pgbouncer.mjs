@@ -1,4 +1,4 @@
-// PgBouncer in session mode as the reference pooler: found or installed, configured in a temp dir, run in the foreground.
+// PgBouncer as the reference pooler (session or transaction mode): found or installed, configured in a temp dir, run in the foreground.
 import { execFileSync } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -65,7 +65,7 @@ export function pgbouncerVersion(bin) {
 }
 
 /** Starts pgbouncer in front of the server; resolves with its port once it accepts connections. */
-export async function startPgbouncer(bin, { serverPort, user, password }) {
+export async function startPgbouncer(bin, { serverPort, user, password, poolMode = 'session', poolSize = 30 }) {
   const dir = mkdtempSync(join(tmpdir(), 'pgtenant-bench-pgbouncer-'));
   onCleanup(() => rmSync(dir, { recursive: true, force: true }));
   const port = await freePort();
@@ -85,9 +85,9 @@ export async function startPgbouncer(bin, { serverPort, user, password }) {
       'unix_socket_dir =',
       'auth_type = scram-sha-256',
       `auth_file = ${userlist}`,
-      'pool_mode = session',
-      'max_client_conn = 200',
-      'default_pool_size = 30',
+      `pool_mode = ${poolMode}`,
+      'max_client_conn = 400',
+      `default_pool_size = ${poolSize}`,
       'server_tls_sslmode = disable',
       'client_tls_sslmode = disable',
       'log_connections = 0',

@@ -1,9 +1,9 @@
-// The pgtenant proxy as a child process in session mode, with the admin API off and quiet logs.
+// The pgtenant proxy as a child process (session or transaction mode), with the admin API off and quiet logs.
 import { join } from 'node:path';
 import { freePort, startChild, stopChild, waitForPort } from './processes.mjs';
 
 /** Starts `pgtenant proxy`; on failure the error carries the proxy's own stderr. */
-export async function startProxy(repoRoot, upstreamUrl) {
+export async function startProxy(repoRoot, upstreamUrl, { poolMode = 'session', poolSize = 30 } = {}) {
   const port = await freePort();
   const args = [
     join(repoRoot, 'bin', 'pgtenant.js'),
@@ -11,7 +11,8 @@ export async function startProxy(repoRoot, upstreamUrl) {
     '--upstream', upstreamUrl,
     '--listen', `127.0.0.1:${port}`,
     '--admin-listen', 'off',
-    '--pool-mode', 'session',
+    '--pool-mode', poolMode,
+    '--pool-size', String(poolSize),
     '--log-level', 'warn',
   ];
   const child = startChild(process.execPath, args, { cwd: repoRoot });

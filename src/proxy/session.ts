@@ -238,7 +238,9 @@ export class Session {
       this.backend = await this.deps.pool.acquire(key, () => this.open(startupMessage, (b) => relayAuthentication(this.client, b, this.writer)), false);
       await this.backend.readUntilReady();
     } else {
-      secret = loginRole ? await this.roleSecret(loginRole) : null;
+      // Asked for unknown tenants too: when the auth query fails, every login fails alike, telling no tenant apart.
+      const found = await this.roleSecret(loginRole ?? user);
+      secret = loginRole ? found : null;
       credentials = await authenticateClient(this.client, this.writer, user, secret);
     }
     // The password is proven: now it is safe to say what is wrong with the tenant. Look again, since
@@ -308,6 +310,9 @@ export class Session {
       return await this.deps.tenants.roleSecret(role);
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'auth query failed');
+      if ((err as { code?: string }).code === 'not_initialized' || (err as { code?: string }).code === 'insufficient_privilege') {
+        throw cannotConnectNow('pgtenant cannot check passwords: its auth query is not usable', "An operator must run 'pgtenant init' (see the proxy's log).");
+      }
       throw cannotConnectNow('pgtenant cannot check passwords right now', 'Try again shortly.');
     }
   }

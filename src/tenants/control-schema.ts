@@ -6,6 +6,22 @@ import { TenantError } from './errors.js';
 const LOCK_CLASS = 0x7067746e;
 const LOCK_INSTALL = 1;
 
+/**
+ * The auth query: the proxy verifies clients itself, so it needs a role's secret. SECURITY DEFINER lets the
+ * installer (who can read pg_authid) lend exactly this read; search_path is pinned so nothing can shadow pg_authid.
+ * Every init runs it again (it is idempotent), so init also repairs a dropped or altered function.
+ */
+const AUTH_FUNCTION = `
+  CREATE OR REPLACE FUNCTION pgtenant.role_secret(role_name text)
+    RETURNS TABLE (secret text, valid_until timestamptz, can_login boolean)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+  AS $fn$
+    SELECT a.rolpassword, a.rolvaliduntil, a.rolcanlogin FROM pg_catalog.pg_authid a WHERE a.rolname = role_name
+  $fn$;
+  REVOKE ALL ON FUNCTION pgtenant.role_secret(text) FROM PUBLIC;
+`;
+
 /** Upgrade steps, index i takes the schema from version i to i + 1. Never edit a shipped step; append. */
 const STEPS: readonly string[] = [
   `
@@ -31,18 +47,7 @@ const STEPS: readonly string[] = [
   CREATE UNIQUE INDEX IF NOT EXISTS migrations_tenant_version ON pgtenant.migrations (tenant_id, version) WHERE tenant_id IS NOT NULL;
   CREATE UNIQUE INDEX IF NOT EXISTS migrations_shared_version ON pgtenant.migrations (version) WHERE tenant_id IS NULL;
   `,
-  // The auth query: the proxy verifies clients itself, so it needs a role's secret. SECURITY DEFINER lets the
-  // installer (who can read pg_authid) lend exactly this read; search_path is pinned so nothing can shadow pg_authid.
-  `
-  CREATE OR REPLACE FUNCTION pgtenant.role_secret(role_name text)
-    RETURNS TABLE (secret text, valid_until timestamptz, can_login boolean)
-    LANGUAGE sql STABLE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-  AS $fn$
-    SELECT a.rolpassword, a.rolvaliduntil, a.rolcanlogin FROM pg_catalog.pg_authid a WHERE a.rolname = role_name
-  $fn$;
-  REVOKE ALL ON FUNCTION pgtenant.role_secret(text) FROM PUBLIC;
-  `,
+  AUTH_FUNCTION,
 ];
 
 export const CONTROL_SCHEMA_VERSION = STEPS.length;
@@ -72,6 +77,7 @@ export async function installControlSchema(client: pg.ClientBase): Promise<void>
       );
     }
     for (let v = current; v < CONTROL_SCHEMA_VERSION; v++) await client.query(STEPS[v]!);
+    await client.query(AUTH_FUNCTION);
     await client.query(
       `INSERT INTO pgtenant.meta (singleton, schema_version) VALUES (true, $1)
        ON CONFLICT (singleton) DO UPDATE SET schema_version = EXCLUDED.schema_version, upgraded_at = now()

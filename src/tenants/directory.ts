@@ -23,7 +23,8 @@ interface Entry {
 /** What the auth query returns for a role: its secret (SCRAM verifier, MD5 hash or null) and login rules. */
 export interface RoleSecret {
   secret: string | null;
-  validUntil: Date | null;
+  /** When the password expires, in epoch milliseconds (Infinity for 'infinity'); null when it never does. */
+  validUntil: number | null;
   canLogin: boolean;
 }
 
@@ -99,12 +100,16 @@ export class TenantDirectory extends EventEmitter {
     const hit = this.secrets.get(role);
     if (hit && hit.expires > Date.now()) return hit.value;
     const value = this.pool
-      .query<{ secret: string | null; valid_until: Date | null; can_login: boolean }>(
+      .query<{ secret: string | null; valid_until: Date | number | null; can_login: boolean }>(
         'SELECT secret, valid_until, can_login FROM pgtenant.role_secret($1)',
         [role],
       )
       .then(
-        ({ rows }) => (rows[0] ? { secret: rows[0].secret, validUntil: rows[0].valid_until, canLogin: rows[0].can_login } : null),
+        // pg gives timestamptz 'infinity' as the number Infinity rather than a Date: Number() takes both.
+        ({ rows }) =>
+          rows[0]
+            ? { secret: rows[0].secret, validUntil: rows[0].valid_until === null ? null : Number(rows[0].valid_until), canLogin: rows[0].can_login }
+            : null,
         (err: { code?: string; message?: string }) => {
           this.secrets.delete(role);
           throw authQueryError(err);

@@ -155,6 +155,25 @@ describe('reuse', () => {
     });
   });
 
+  it('an invalid startup setting is refused as PostgreSQL would (22023), and the next client is unaffected', async () => {
+    const tenant = await newTenant('badset');
+    await withProxy({}, async (p) => {
+      const warm = await connect(p, tenant);
+      await warm.end();
+      expect(await idleReaches(p, tenant, 1)).toBe(true);
+      const err = await rejection(connect(p, tenant, { options: '-c statement_timeout=not-a-duration' }));
+      expect(err.code).toBe('22023');
+      expect(err.message).toContain('statement_timeout');
+      const next = await connect(p, tenant);
+      try {
+        expect((await next.query('SHOW statement_timeout')).rows[0].statement_timeout).toBe('0');
+        expect(p.server.pool.size).toBe(1);
+      } finally {
+        await next.end();
+      }
+    });
+  });
+
   it('pools never mix tenants: alternating clients of two tenants never share a backend', async () => {
     const [ta, tb] = [await newTenant('mixa'), await newTenant('mixb')];
     await withProxy({}, async (p) => {

@@ -55,7 +55,7 @@ export async function authenticateClient(
     await md5(client, writer, user, stored);
     credentials = { kind: 'md5', secret: stored };
   } else return mockAuthentication(client, user, writer);
-  if (role!.validUntil && role!.validUntil.getTime() < Date.now()) throw invalidPassword(user);
+  if (role!.validUntil !== null && role!.validUntil < Date.now()) throw invalidPassword(user);
   return credentials;
 }
 
