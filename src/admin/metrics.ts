@@ -111,8 +111,8 @@ export class Metrics implements ProxyObserver {
     }
 
     for (const [name, help, side] of [
-      ['pgtenant_client_connections', 'Client connections by tenant and state (login: not yet authenticated)', 'clients'],
-      ['pgtenant_server_connections', 'Backend connections by tenant and state (login: its client is authenticating; active: linked to a client)', 'servers'],
+      ['pgtenant_client_connections', 'Client connections by tenant and state (login: not yet authenticated; waiting: for a backend from its pool)', 'clients'],
+      ['pgtenant_server_connections', 'Backend connections by tenant and state (login: being opened and logged in; active: linked to a client; idle: in its pool)', 'servers'],
     ] as const) {
       new Gauge({
         name,

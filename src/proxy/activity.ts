@@ -1,8 +1,11 @@
 // What the proxy tells metrics and the admin API: session events as they happen, connection states on demand.
 
-/** A client's state; `login` until authenticated, then as of the last ReadyForQuery it was sent. */
-export type ClientState = 'login' | 'idle' | 'active' | 'idle_in_transaction' | 'idle_in_transaction_aborted';
-export const CLIENT_STATES: readonly ClientState[] = ['login', 'idle', 'active', 'idle_in_transaction', 'idle_in_transaction_aborted'];
+/**
+ * A client's state: `login` until authenticated, `waiting` while it waits for a backend from its pool, then
+ * as of the last ReadyForQuery it was sent.
+ */
+export type ClientState = 'login' | 'waiting' | 'idle' | 'active' | 'idle_in_transaction' | 'idle_in_transaction_aborted';
+export const CLIENT_STATES: readonly ClientState[] = ['login', 'waiting', 'idle', 'active', 'idle_in_transaction', 'idle_in_transaction_aborted'];
 
 /** A backend connection's state: `login` while it is opened and logged in, `active` while linked to a client, `idle` in its pool. */
 export type ServerState = 'login' | 'active' | 'idle';

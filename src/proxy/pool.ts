@@ -43,20 +43,16 @@ interface Waiter {
   timer: NodeJS.Timeout;
 }
 
-interface Idle {
-  readonly backend: BackendConnection;
-  readonly since: number;
-  readonly onClose: () => void;
-}
-
 class KeyPool {
   /** Most recently used last: hand-outs take from the end, so the oldest idle ones time out. */
-  readonly idle: Idle[] = [];
+  readonly idle: BackendConnection[] = [];
   readonly waiters: Waiter[] = [];
   active = 0;
   opening = 0;
   /** The last reusable opener, for keeping minIdle backends ready. */
   opener: Opener | null = null;
+  /** Set when the tenant was disconnected: backends in use then are closed on release, not reused. */
+  retired = false;
 
   constructor(
     readonly id: string,
@@ -91,10 +87,19 @@ export class BackendPool {
     this.reaper.unref();
   }
 
+  /** An idle backend for this key right now, or null (none idle, or clients already waiting for one). */
+  tryAcquire(key: PoolKey): BackendConnection | null {
+    if (this.closed) return null;
+    const pool = this.pools.get(keyId(key));
+    return pool && pool.waiters.length === 0 ? this.takeIdle(pool) : null;
+  }
+
   /** A backend for this key: an idle one, a new one, or one handed over after waiting. */
   acquire(key: PoolKey, open: Opener, reuse = true): Promise<BackendConnection> {
     if (this.closed) return Promise.reject(adminShutdown('pgtenant is shutting down'));
     const pool = this.poolFor(key);
+    // Sessions after a disconnect start afresh; backends from before it still close on release.
+    if (pool.retired && pool.active === 0 && pool.opening === 0) pool.retired = false;
     if (reuse) {
       pool.opener = open;
       const idle = this.takeIdle(pool);
@@ -113,10 +118,20 @@ export class BackendPool {
     }
     pool.active--;
     const expired = Date.now() - backend.createdAt >= this.limits.lifetime;
-    if (!reusable || expired || !backend.alive || this.closed) {
+    if (!reusable || expired || !backend.alive || this.closed || pool.retired) {
       this.drop(backend);
     } else if (!this.handOver(pool, backend)) {
       this.park(pool, backend);
+    }
+    this.dispatch();
+  }
+
+  /** Closes a tenant's idle backends (dropped, or disconnected by an operator); those in use close when released. */
+  closeTenant(tenant: string): void {
+    for (const pool of this.pools.values()) {
+      if (pool.key.tenant !== tenant) continue;
+      pool.retired = true;
+      while (pool.idle.length > 0) this.closeIdle(pool, pool.idle.length - 1);
     }
     this.dispatch();
   }
@@ -163,8 +178,7 @@ export class BackendPool {
   /** The most recently used idle backend that is still alive; dead ones found on the way are dropped. */
   private takeIdle(pool: KeyPool): BackendConnection | null {
     while (pool.idle.length > 0) {
-      const { backend, onClose } = pool.idle.pop()!;
-      backend.socket.off('close', onClose);
+      const backend = pool.idle.pop()!;
       if (!backend.alive || backend.hasPendingMessages) {
         this.total--;
         this.owner.delete(backend);
@@ -184,7 +198,7 @@ export class BackendPool {
     let victim: KeyPool | null = null;
     for (const p of this.pools.values()) {
       const oldest = p.idle[0];
-      if (oldest && (!victim || oldest.since < victim.idle[0]!.since)) victim = p;
+      if (oldest && (!victim || oldest.idleSince < victim.idle[0]!.idleSince)) victim = p;
     }
     if (!victim) return false;
     this.closeIdle(victim, 0);
@@ -206,6 +220,13 @@ export class BackendPool {
     pool.opening--;
     pool.active++;
     this.owner.set(backend, pool);
+    // An idle backend is watched: one the server closes (restart, pg_terminate_backend) leaves at once.
+    backend.onIdleClose = () => {
+      const i = pool.idle.indexOf(backend);
+      if (i < 0) return;
+      this.closeIdle(pool, i);
+      this.dispatch();
+    };
     return backend;
   }
 
@@ -247,21 +268,14 @@ export class BackendPool {
   }
 
   private park(pool: KeyPool, backend: BackendConnection): void {
-    // An idle backend is watched: one the server closes (restart, pg_terminate_backend) leaves at once.
-    const onClose = () => {
-      const i = pool.idle.findIndex((x) => x.backend === backend);
-      if (i >= 0) this.closeIdle(pool, i);
-      this.dispatch();
-    };
-    backend.socket.once('close', onClose);
-    pool.idle.push({ backend, since: Date.now(), onClose });
+    backend.idleSince = Date.now();
+    pool.idle.push(backend);
     // Another pool may be waiting for the global cap: this idle backend is the room it needs.
     if (this.atGlobalCap() && this.starving(pool)) this.closeIdle(pool, pool.idle.length - 1);
   }
 
   private closeIdle(pool: KeyPool, index: number): void {
-    const [{ backend, onClose }] = pool.idle.splice(index, 1) as [Idle];
-    backend.socket.off('close', onClose);
+    const [backend] = pool.idle.splice(index, 1) as [BackendConnection];
     this.total--;
     this.owner.delete(backend);
     backend.close();
@@ -322,9 +336,9 @@ export class BackendPool {
     for (const pool of this.pools.values()) {
       const keep = pool.active > 0 ? this.limits.minIdle : 0;
       for (let i = pool.idle.length - 1; i >= 0; i--) {
-        const { backend, since } = pool.idle[i]!;
+        const backend = pool.idle[i]!;
         const old = now - backend.createdAt >= this.limits.lifetime;
-        if (old || (now - since >= this.limits.idleTimeout && pool.idle.length > keep)) this.closeIdle(pool, i);
+        if (old || (now - backend.idleSince >= this.limits.idleTimeout && pool.idle.length > keep)) this.closeIdle(pool, i);
       }
       if (pool.opener && pool.idle.length + pool.opening < keep && pool.size < this.limits.size && !this.atGlobalCap()) {
         this.prefill(pool, pool.opener);

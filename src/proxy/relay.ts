@@ -3,6 +3,7 @@ import type net from 'node:net';
 import type { ClientState } from './activity.js';
 import { Backend } from './protocol/constants.js';
 import { HeaderScanner } from './protocol/scanner.js';
+import type { BackendConnection, BackendSink } from './upstream.js';
 
 /** ReadyForQuery status byte -> the state of a client waiting for its next statement. */
 const WAITING_STATE: Record<number, Exclude<ClientState, 'login'>> = {
@@ -24,7 +25,8 @@ export interface RelayStats {
   bytesOut: number;
 }
 
-export type RelayEnd = 'client_closed' | 'server_closed' | 'client_protocol_violation' | 'server_protocol_violation';
+/** How a relay ended; `client_terminated` is a client that said Terminate, answered in full, then closed by the proxy. */
+export type RelayEnd = 'client_closed' | 'client_terminated' | 'server_closed' | 'client_protocol_violation' | 'server_protocol_violation';
 
 /**
  * Pipes both directions until either side closes. Each chunk is scanned for headers
@@ -46,7 +48,7 @@ export class Relay {
     if (this.fromClient.sawTerminate) {
       const at = this.fromClient.terminateAt;
       if (at > 0) this.server.write(chunk.subarray(0, at));
-      return;
+      return this.closeIfAnswered();
     }
     if (!this.server.write(chunk)) this.client.pause();
   };
@@ -54,16 +56,22 @@ export class Relay {
     this.stats.bytesOut += chunk.length;
     if (this.fromServer.scan(chunk) < 0) return this.end('server_protocol_violation');
     if (!this.client.write(chunk)) this.server.pause();
+    if (this.fromClient.sawTerminate) this.closeIfAnswered();
   };
   private readonly onClientDrain = () => this.server.resume();
-  private readonly onServerDrain = () => this.client.resume();
   private readonly onClientClose = () => this.end('client_closed');
-  private readonly onServerClose = () => this.end('server_closed');
+  private readonly serverSink: BackendSink = {
+    data: this.onServerData,
+    drain: () => this.client.resume(),
+    closed: () => this.end('server_closed'),
+  };
+  readonly server: net.Socket;
 
   constructor(
     readonly client: net.Socket,
-    readonly server: net.Socket,
+    private readonly backend: BackendConnection,
   ) {
+    this.server = backend.socket;
     this.done = new Promise((resolve) => (this.finish = resolve));
   }
 
@@ -72,13 +80,10 @@ export class Relay {
     const { client, server } = this;
     if (pending.length > 0) this.onClientData(pending);
     client.on('data', this.onClientData);
-    server.on('data', this.onServerData);
     client.on('drain', this.onClientDrain);
-    server.on('drain', this.onServerDrain);
     client.on('close', this.onClientClose);
-    server.on('close', this.onServerClose);
     client.on('error', this.onClientClose);
-    server.on('error', this.onServerClose);
+    this.backend.relayTo(this.serverSink);
     client.resume();
     server.resume();
   }
@@ -115,6 +120,11 @@ export class Relay {
     return state === 'idle' ? 'idle' : 'idle_in_transaction';
   }
 
+  /** After the client's Terminate: once everything it sent before is answered, the proxy closes, as PostgreSQL would. */
+  private closeIfAnswered(): void {
+    if (this.clientState !== 'active') this.end('client_terminated');
+  }
+
   /** True when the server->client stream sits between messages, so the proxy may add one of its own. */
   get serverAtBoundary(): boolean {
     return this.fromServer.atBoundary;
@@ -124,14 +134,11 @@ export class Relay {
   end(why: RelayEnd, lastWords?: Buffer): void {
     if (this.ended) return;
     this.ended = why;
-    const { client, server } = this;
+    const { client } = this;
     client.off('data', this.onClientData);
-    server.off('data', this.onServerData);
     client.off('drain', this.onClientDrain);
-    server.off('drain', this.onServerDrain);
     client.off('close', this.onClientClose);
-    server.off('close', this.onServerClose);
-    server.off('error', this.onServerClose);
+    this.backend.relayTo(null);
     // The client socket keeps its error listener: it may still fail while it closes.
     if (why === 'client_closed') client.destroy();
     else endGracefully(client, lastWords && this.serverAtBoundary ? lastWords : undefined);

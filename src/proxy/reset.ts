@@ -1,5 +1,6 @@
 // What a pooled backend is told between clients: the next client's startup settings, and the reset after the last one.
 import type { BackendConnection } from './upstream.js';
+import { quoteIdent } from '../tenants/ids.js';
 
 /** A string literal that reads the same whatever standard_conforming_strings says. */
 function literal(value: string): string {
@@ -12,18 +13,25 @@ function literal(value: string): string {
  * what the backend already has costs no round trip.
  */
 export async function applySettings(backend: BackendConnection, wanted: ReadonlyMap<string, string>): Promise<void> {
-  if (wanted.size === 0) return;
+  if (wanted.size === 0 && backend.applied.size === 0) return;
   const reported = new Map([...backend.parameters].map(([k, v]) => [k.toLowerCase(), v]));
   const statements: string[] = [];
+  const wantedKeys = new Set<string>();
   for (const [name, value] of wanted) {
     const key = name.toLowerCase();
+    wantedKeys.add(key);
     if ((backend.applied.get(key) ?? reported.get(key)) === value) continue;
     statements.push(`SELECT pg_catalog.set_config(${literal(name)}, ${literal(value)}, false)`);
   }
+  // What an earlier client asked for and this one did not goes back to the server's default.
+  const stale = [...backend.applied.keys()].filter((key) => !wantedKeys.has(key));
+  for (const key of stale) statements.push(`RESET ${quoteIdent(key)}`);
   if (statements.length === 0) return;
   await backend.query(statements.join('; '));
+  for (const key of stale) backend.applied.delete(key);
   for (const [name, value] of wanted) backend.applied.set(name.toLowerCase(), value);
 }
+
 
 /**
  * Returns the backend to a fresh session's state: a transaction left open is rolled back, then DISCARD ALL
@@ -46,6 +54,7 @@ export async function resetBackend(
         await backend.query('DISCARD ALL');
         backend.prepared.clear();
         backend.applied.clear();
+        backend.settingsKey = '';
       })(),
       timeout,
     ]);

@@ -1,6 +1,7 @@
 // Startup parameters -> tenant identity and the backend's startup parameters (pure, no I/O).
 import { invalidAuthorization, featureNotSupported, protocolViolation } from './errors.js';
 import { formatStartupOptions, parseStartupOptions } from './protocol/options.js';
+import { quoteIdent } from '../tenants/ids.js';
 
 export type Isolation = 'role' | 'schema';
 
@@ -40,9 +41,6 @@ export function identify(params: ReadonlyMap<string, string>, isolation: Isolati
   return { tenantId: app, loginRole: user };
 }
 
-function quoteIdent(name: string): string {
-  return '"' + name.replace(/"/g, '""') + '"';
-}
 
 /** The client's `options` as name/value settings, minus the protected ones. */
 function optionSettings(raw: string | undefined): Array<{ name: string; value: string }> {

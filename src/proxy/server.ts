@@ -123,13 +123,16 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   const revokeTenant = (id: string, reason: string, loginsOnly: boolean): number => {
     let n = 0;
     for (const s of live.keys()) {
-      if (s.tenant !== id || (loginsOnly && s.authenticatedTenant !== null)) continue;
+      if (s.tenant !== id || (loginsOnly && s.relaying)) continue;
       s.revoke(adminShutdown(`terminating connection: ${reason}`));
       n++;
     }
     return n;
   };
-  const disconnectTenant = (id: string, reason: string): number => revokeTenant(id, reason, false);
+  const disconnectTenant = (id: string, reason: string): number => {
+    pool.closeTenant(id);
+    return revokeTenant(id, reason, false);
+  };
 
   const connections = (): TenantConnections[] => {
     const byTenant = new Map<string | null, TenantConnections>();

@@ -74,6 +74,10 @@ export class Session {
   private opener: (() => Promise<BackendConnection>) | null = null;
   private poolKey: PoolKey | null = null;
   private settings: ReadonlyMap<string, string> = new Map();
+  /** Set once AuthenticationOk went out. */
+  private authenticated = false;
+  /** The settings as one string: a backend carrying the same key needs no comparison. */
+  private settingsKey = '';
   private encrypted = false;
   /** Set when the tenant changed while this session was still logging in; checked before relaying. */
   private revoked: PgError | null = null;
@@ -122,11 +126,17 @@ export class Session {
 
   /** The tenant once the client has authenticated; null before (a claimed tenant is not yet one). */
   get authenticatedTenant(): string | null {
-    return this.relay ? this.tenant : null;
+    return this.authenticated ? this.tenant : null;
+  }
+
+  /** True once the session relays (a suspension leaves it be; it ends only on an explicit disconnect). */
+  get relaying(): boolean {
+    return this.relay !== null;
   }
 
   get clientState(): ClientState {
-    return this.relay?.clientState ?? 'login';
+    if (this.relay) return this.relay.clientState;
+    return this.authenticated ? 'waiting' : 'login';
   }
 
   counters(): SessionCounters {
@@ -223,6 +233,7 @@ export class Session {
     const identity = identify(params, config.isolation);
     // Settings are checked before the password exchange, as PostgreSQL checks the packet before authenticating.
     this.settings = clientSettings(params);
+    this.settingsKey = JSON.stringify([...this.settings]);
     this.tenant = identity.tenantId;
     this.log = this.log.child({ tenant: identity.tenantId });
     const record = await this.lookupTenant(identity.tenantId);
@@ -252,6 +263,7 @@ export class Session {
     }
     requireLogin(secret, loginRole!);
     this.client.write(this.writer.authenticationOk().flush());
+    this.authenticated = true;
     if (credentials) {
       const startupMessage = encodeStartupMessage(backendStartupParameters(new Map([['database', key.database]]), key.role, schema));
       const login = credentials;
@@ -270,7 +282,18 @@ export class Session {
 
   /** A backend from this session's pool with the client's startup settings applied. */
   private async acquireBackend(): Promise<BackendConnection> {
-    const backend = await this.deps.pool.acquire(this.poolKey!, this.opener!);
+    return this.withSettings(await this.deps.pool.acquire(this.poolKey!, this.opener!));
+  }
+
+  /** For transaction mode: an idle backend already carrying this client's settings comes back at once, without a promise. */
+  private backendForTransaction(): BackendConnection | Promise<BackendConnection> {
+    const idle = this.deps.pool.tryAcquire(this.poolKey!);
+    if (idle && idle.settingsKey === this.settingsKey) return idle;
+    return idle ? this.withSettings(idle) : this.acquireBackend();
+  }
+
+  private async withSettings(backend: BackendConnection): Promise<BackendConnection> {
+    if (backend.settingsKey === this.settingsKey) return backend;
     try {
       await applySettings(backend, this.settings);
     } catch (err) {
@@ -278,6 +301,7 @@ export class Session {
       this.deps.pool.release(backend, backend.alive);
       throw err;
     }
+    backend.settingsKey = this.settingsKey;
     return backend;
   }
 
@@ -334,17 +358,11 @@ export class Session {
     this.client.detach();
     if (this.deps.config.poolMode === 'transaction') {
       this.relay = new TransactionRelay(this.client.socket, {
-        acquire: async () => {
-          const backend = await this.acquireBackend();
-          backend.detach();
-          return backend;
-        },
+        acquire: () => this.backendForTransaction(),
         release: (backend, dirty) => void this.giveBack(backend, 'idle', dirty),
       });
     } else {
-      const backend = this.backend!;
-      backend.detach();
-      this.relay = new Relay(this.client.socket, backend.socket);
+      this.relay = new Relay(this.client.socket, this.backend!);
     }
     this.relay.start(this.client.reader.takeRemaining());
     this.deps.observer.sessionStarted(this.tenant!);
@@ -385,7 +403,7 @@ export class Session {
       this.deps.pool.release(backend, false);
       return;
     }
-    backend.attach();
+    backend.relayTo(null);
     if (state === 'idle' && !dirty) {
       this.deps.pool.release(backend, true);
       return;

@@ -6,13 +6,13 @@ import { closeStatementFrame, describedName, bindStatementName, renamed } from '
 import { Backend, Frontend } from './protocol/constants.js';
 import { endGracefully, type RelayEnd, type RelayStats } from './relay.js';
 import { ClientStatements, type Statement } from './statements.js';
-import type { PgError } from './errors.js';
-import type { BackendConnection } from './upstream.js';
+import { PgError } from './errors.js';
+import type { BackendConnection, BackendSink } from './upstream.js';
 
 /** What the relay needs from its session: backends for transactions, and a place to give them back. */
 export interface TransactionLink {
-  /** A backend for the next transaction with the client's settings applied, detached and ready to relay. */
-  acquire(): Promise<BackendConnection>;
+  /** A backend for the next transaction with the client's settings applied: at once when one is idle and ready. */
+  acquire(): BackendConnection | Promise<BackendConnection>;
   /** Gives the backend back after ReadyForQuery(idle); `dirty` when the client changed its session state. */
   release(backend: BackendConnection, dirty: boolean): void;
 }
@@ -40,7 +40,12 @@ const SWALLOW: Expected = { swallow: true, sync: false, statement: null };
 const SYNC: Expected = { swallow: false, sync: true, statement: null };
 
 /** Command tags after which the backend's session state is the client's, not the pool's: reset before reuse. */
-const DIRTY_TAGS = new Set(['SET', 'RESET', 'LISTEN', 'PREPARE', 'DECLARE CURSOR', 'LOAD', 'DISCARD ALL', 'DISCARD PLANS', 'DEALLOCATE', 'DEALLOCATE ALL', 'DISCARD TEMP', 'DISCARD SEQUENCES']);
+const DIRTY_TAGS = new Set([
+  'SET', 'RESET', 'LISTEN', 'PREPARE', 'DECLARE CURSOR', 'LOAD', 'DISCARD ALL', 'DISCARD PLANS', 'DEALLOCATE', 'DEALLOCATE ALL',
+  'DISCARD TEMP', 'DISCARD SEQUENCES',
+  // Could be TEMP: a temporary table would shadow the next client's table of that name.
+  'CREATE TABLE', 'CREATE VIEW', 'CREATE SEQUENCE',
+]);
 /** Of those, the ones that do not carry over to the next transaction on another backend: the client is told. */
 const SESSION_ONLY: Record<string, string> = {
   LISTEN: 'LISTEN does not work with pool_mode transaction: notifications stop when this transaction ends',
@@ -101,16 +106,16 @@ export class TransactionRelay {
   private readonly onClientData = (chunk: Buffer): void => {
     this.stats.bytesIn += chunk.length;
     if (this.backend) this.fromClient(chunk);
-    else {
-      this.stash.push(chunk);
-      this.link();
-    }
+    else if (this.acquiring) this.stash.push(chunk);
+    else this.link(chunk);
   };
-  private readonly onServerData = (chunk: Buffer): void => this.fromServer(chunk);
   private readonly onClientDrain = () => this.backend?.socket.resume();
-  private readonly onServerDrain = () => this.client.resume();
   private readonly onClientClose = () => this.end('client_closed');
-  private readonly onServerClose = () => this.end('server_closed');
+  private readonly serverSink: BackendSink = {
+    data: (chunk) => this.fromServer(chunk),
+    drain: () => this.client.resume(),
+    closed: () => this.end('server_closed'),
+  };
 
   constructor(
     readonly client: net.Socket,
@@ -132,7 +137,7 @@ export class TransactionRelay {
     if (this.backend && (this.syncs > this.readies || this.sLastType !== Backend.ReadyForQuery || this.sHeaderSeen > 0 || this.sRemaining > 0)) {
       return 'active';
     }
-    if (this.acquiring) return 'active';
+    if (this.acquiring) return 'waiting';
     return STATUS_STATE[this.status] ?? 'idle';
   }
 
@@ -140,8 +145,7 @@ export class TransactionRelay {
   takeBackend(): { backend: BackendConnection; state: 'idle' | 'idle_in_transaction' | null; dirty: boolean } | null {
     const backend = this.backend;
     if (!backend) return null;
-    this.unlinkListeners(backend);
-    this.backend = null;
+    this.unlink(backend);
     const violated = this.ended === 'client_protocol_violation' || this.ended === 'server_protocol_violation';
     const clean = !violated && this.atClientBoundary() && this.unsynced === 0 && this.atServerBoundary() && this.syncs === this.readies;
     const state = clean ? (this.status === IDLE ? 'idle' : 'idle_in_transaction') : null;
@@ -164,35 +168,31 @@ export class TransactionRelay {
     this.end('server_closed', errorResponseFor(err));
   }
 
-  /** Gets a backend for the stashed bytes; the client is paused until it comes. */
-  private link(): void {
-    if (this.acquiring || this.ended) return;
+  /** Links a backend for the transaction `first` starts: at once when one is ready, else with the client paused. */
+  private link(first: Buffer): void {
+    if (this.ended) return;
     // A client that only says goodbye needs no backend.
-    const first = this.stash[0]!;
-    if (this.cHeaderSeen === 0 && this.cRemaining === 0 && !this.cMessage && first[0] === Frontend.Terminate) {
-      this.end('client_closed');
+    if (this.atClientBoundary() && first[0] === Frontend.Terminate) {
+      this.end('client_terminated');
       return;
     }
+    const got = this.session.acquire();
+    if (!(got instanceof Promise)) {
+      this.linked(got);
+      this.fromClient(first);
+      return;
+    }
+    this.stash.push(first);
     this.acquiring = true;
     this.client.pause();
-    this.session.acquire().then(
+    got.then(
       (backend) => {
         this.acquiring = false;
-        if (this.ended) {
-          this.session.release(backend, false);
-          return;
-        }
-        this.backend = backend;
-        this.dirty = false;
-        this.sinceReady = 0;
-        backend.socket.on('data', this.onServerData);
-        backend.socket.on('drain', this.onServerDrain);
-        backend.socket.on('close', this.onServerClose);
-        backend.socket.on('error', this.onServerClose);
+        if (this.ended) return this.session.release(backend, false);
+        this.linked(backend);
         const stash = this.stash;
         this.stash = [];
-        for (const chunk of stash) this.fromClient(chunk);
-        backend.socket.resume();
+        for (const chunk of stash) if (this.backend) this.fromClient(chunk);
         this.client.resume();
       },
       (err: PgError) => {
@@ -202,11 +202,16 @@ export class TransactionRelay {
     );
   }
 
-  private unlinkListeners(backend: BackendConnection): void {
-    backend.socket.off('data', this.onServerData);
-    backend.socket.off('drain', this.onServerDrain);
-    backend.socket.off('close', this.onServerClose);
-    backend.socket.off('error', this.onServerClose);
+  private linked(backend: BackendConnection): void {
+    this.backend = backend;
+    this.dirty = false;
+    this.sinceReady = 0;
+    backend.relayTo(this.serverSink);
+  }
+
+  private unlink(backend: BackendConnection): void {
+    backend.relayTo(null);
+    this.backend = null;
   }
 
   /** After ReadyForQuery(idle) with nothing more owed either way, the backend goes back to the pool. */
@@ -214,8 +219,7 @@ export class TransactionRelay {
     const backend = this.backend;
     if (!backend || this.status !== IDLE || this.sLastType !== Backend.ReadyForQuery) return;
     if (this.syncs !== this.readies || this.unsynced > 0 || !this.atClientBoundary() || !this.atServerBoundary()) return;
-    this.unlinkListeners(backend);
-    this.backend = null;
+    this.unlink(backend);
     this.session.release(backend, this.dirty);
   }
 
@@ -241,8 +245,25 @@ export class TransactionRelay {
 
   // ---- client -> server ----
 
+  /** A malformed message ends this client with 08P01; nothing it sends can take the proxy down. */
   private fromClient(chunk: Buffer): void {
     if (this.terminated) return;
+    try {
+      this.relayClientChunk(chunk);
+    } catch (err) {
+      if (!(err instanceof PgError)) throw err;
+      this.end('client_protocol_violation', errorResponseFor(err));
+      return;
+    }
+    if (this.terminated) this.closeIfAnswered();
+  }
+
+  /** After the client's Terminate: once everything it sent before is answered, the proxy closes, as PostgreSQL would. */
+  private closeIfAnswered(): void {
+    if (!this.backend || (this.syncs === this.readies && this.atServerBoundary())) this.end('client_terminated');
+  }
+
+  private relayClientChunk(chunk: Buffer): void {
     const out = this.out;
     out.length = 0;
     let pass = 0; // start of bytes forwarded unchanged
@@ -448,6 +469,7 @@ export class TransactionRelay {
     }
     this.write(this.client, this.backend!.socket, out);
     this.maybeRelease();
+    if (this.terminated) this.closeIfAnswered();
   }
 
   /** Reads one server header; true when the message (a bodiless answer to the proxy's own Close or Parse) is dropped. */

@@ -101,9 +101,17 @@ const TERMINATE = Buffer.from([0x58, 0, 0, 0, 4]);
 
 type Message = BackendMessage & Record<string, unknown>;
 
+/** Where a relaying backend's socket events go while a relay owns it. */
+export interface BackendSink {
+  data(chunk: Buffer): void;
+  drain(): void;
+  closed(): void;
+}
+
 /**
- * One backend connection. While attached it yields parsed messages through next() (startup, resets);
- * after detach() its socket belongs to the relay, which only frames headers. A pool may attach it again.
+ * One backend connection. Its socket listeners are set once: events go to a relay while one owns the
+ * backend (relayTo), and otherwise to a protocol parser whose messages next() yields (startup, resets,
+ * the pool's idle watch). Handing a backend between relays and the pool is then a field assignment.
  */
 export class BackendConnection {
   private readonly parser = new Parser();
@@ -111,22 +119,43 @@ export class BackendConnection {
   // pg-protocol's ErrorResponse is itself an Error, so messages and failures travel on separate callbacks.
   private waiter: { resolve: (m: BackendMessage) => void; reject: (e: Error) => void } | null = null;
   private failure: Error | null = null;
-  private attached = false;
+  private sink: BackendSink | null = null;
   readonly createdAt = Date.now();
+  /** When it last went idle in its pool. */
+  idleSince = 0;
+  /** Called when the socket closes while no relay owns it (the pool's watch on idle backends). */
+  onIdleClose: (() => void) | null = null;
   /** The server's ParameterStatus values, as of the last time the connection was attached. */
   readonly parameters = new Map<string, string>();
   /** Statements the transaction-mode relay prepared here, by server name; DISCARD ALL empties it. */
   readonly prepared = new Set<string>();
   /** Settings the proxy gave this session for its clients (set_config); DISCARD ALL empties it. */
   readonly applied = new Map<string, string>();
+  /** Which client settings are all in place (a session's settings key), so equal ones cost no comparison. */
+  settingsKey = '';
   /** The server's own cancel key (BackendKeyData), once logged in. */
   key: { processId: number; secretKey: number } | null = null;
-  private readonly onData = (chunk: Buffer) => this.parser.parse(chunk, (m) => this.deliver(m));
-  private readonly onEnd = () => this.fail(connectionFailure('the upstream server closed the connection'));
+  private readonly deliverMessage = (m: BackendMessage) => this.deliver(m);
+  private readonly onData = (chunk: Buffer) => {
+    const sink = this.sink;
+    if (sink) sink.data(chunk);
+    else this.parser.parse(chunk, this.deliverMessage);
+  };
+  private readonly onDrain = () => this.sink?.drain();
+  private readonly onClose = () => {
+    this.fail(connectionFailure('the upstream server closed the connection'));
+    const sink = this.sink;
+    if (sink) sink.closed();
+    else this.onIdleClose?.();
+  };
+  // A 'close' always follows: the failure is only recorded here.
   private readonly onError = (err: Error) => this.fail(connectionFailure(`upstream connection error: ${err.message}`));
 
   constructor(readonly socket: net.Socket) {
-    this.attach();
+    socket.on('data', this.onData);
+    socket.on('drain', this.onDrain);
+    socket.once('close', this.onClose);
+    socket.on('error', this.onError);
   }
 
   private deliver(m: BackendMessage): void {
@@ -202,28 +231,18 @@ export class BackendConnection {
     return this.readUntilReady();
   }
 
-  /** Takes the socket back from the relay, for resets and the pool's idle watch. */
-  attach(): void {
-    if (this.attached) return;
-    this.attached = true;
-    this.socket.on('data', this.onData);
-    this.socket.once('close', this.onEnd);
-    this.socket.on('error', this.onError);
-    this.socket.resume();
-  }
-
-  /** Hands the socket to the relay: no more parsing. */
-  detach(): void {
-    this.attached = false;
-    this.socket.off('data', this.onData);
-    this.socket.off('close', this.onEnd);
-    this.socket.off('error', this.onError);
+  /** Hands the socket's events to a relay; null takes them back for parsing (resets, the pool's idle watch). */
+  relayTo(sink: BackendSink | null): void {
+    this.sink = sink;
+    // A relay may have paused it for backpressure.
+    if (!sink) this.socket.resume();
   }
 
   /** Says Terminate (so the server logs a clean exit) and closes. */
   close(): void {
     if (this.socket.destroyed) return;
-    this.socket.on('error', () => undefined);
+    this.sink = null;
+    this.onIdleClose = null;
     this.socket.end(TERMINATE);
     setTimeout(() => this.socket.destroy(), 1000).unref();
   }

@@ -11,6 +11,7 @@ const NOTIFY_SETTLE_MS = 300;
 
 interface ClientCounts {
   login: number;
+  waiting: number;
   idle: number;
   active: number;
   idle_in_transaction: number;
@@ -24,6 +25,7 @@ interface TenantConnections {
 
 const clients = (over: Partial<ClientCounts> = {}): ClientCounts => ({
   login: 0,
+  waiting: 0,
   idle: 0,
   active: 0,
   idle_in_transaction: 0,
