@@ -40,7 +40,7 @@ interface Waiter {
   readonly reuse: boolean;
   resolve(b: BackendConnection): void;
   reject(e: Error): void;
-  timer: NodeJS.Timeout;
+  readonly deadline: number;
 }
 
 class KeyPool {
@@ -77,11 +77,15 @@ export class BackendPool {
   private total = 0;
   private closed = false;
   private readonly reaper: NodeJS.Timeout;
+  private waiting = 0;
+  private sweeper: NodeJS.Timeout | null = null;
+  private readonly sweepEvery: number;
 
   constructor(
     private readonly limits: PoolLimits,
     private readonly log: Logger,
   ) {
+    this.sweepEvery = Math.max(10, Math.min(100, limits.waitTimeout / 10));
     const every = Math.max(100, Math.min(1000, limits.idleTimeout / 2));
     this.reaper = setInterval(() => this.reap(), every);
     this.reaper.unref();
@@ -160,7 +164,7 @@ export class BackendPool {
     clearInterval(this.reaper);
     for (const pool of this.pools.values()) {
       for (const w of pool.waiters.splice(0)) {
-        clearTimeout(w.timer);
+        this.served();
         w.reject(adminShutdown('pgtenant is shutting down'));
       }
       while (pool.idle.length > 0) this.closeIdle(pool, pool.idle.length - 1);
@@ -232,26 +236,41 @@ export class BackendPool {
 
   private wait(pool: KeyPool, open: Opener, reuse: boolean): Promise<BackendConnection> {
     return new Promise((resolve, reject) => {
-      const waiter: Waiter = {
-        open,
-        reuse,
-        resolve,
-        reject,
-        timer: setTimeout(() => {
-          const i = pool.waiters.indexOf(waiter);
-          if (i >= 0) pool.waiters.splice(i, 1);
-          this.leaveRotationIfDone(pool);
-          reject(
-            tooManyConnections(
-              `no backend connection for tenant "${pool.key.tenant}" became free within ${this.limits.waitTimeout} ms`,
-              'The pool is full: raise --pool-size or --max-backends, or use --pool-mode transaction.',
-            ),
-          );
-        }, this.limits.waitTimeout),
-      };
-      pool.waiters.push(waiter);
+      pool.waiters.push({ open, reuse, resolve, reject, deadline: Date.now() + this.limits.waitTimeout });
+      this.waiting++;
+      this.sweeper ??= setInterval(() => this.expireWaiters(), this.sweepEvery);
       this.joinRotation(pool);
     });
+  }
+
+  /**
+   * Refuses waiters past their deadline. One timer for all of them (a waiter is a busy pool's common case, and
+   * a timer each would cost more than the wait), so a timeout fires up to `sweepEvery` late.
+   */
+  private expireWaiters(): void {
+    const now = Date.now();
+    for (const pool of this.pools.values()) {
+      for (let i = 0; i < pool.waiters.length; i++) {
+        const w = pool.waiters[i]!;
+        if (w.deadline > now) continue;
+        pool.waiters.splice(i--, 1);
+        this.served();
+        w.reject(
+          tooManyConnections(
+            `no backend connection for tenant "${pool.key.tenant}" became free within ${this.limits.waitTimeout} ms`,
+            'The pool is full: raise --pool-size or --max-backends, or use --pool-mode transaction.',
+          ),
+        );
+      }
+      this.leaveRotationIfDone(pool);
+    }
+  }
+
+  /** One waiter fewer; the sweep stops with the last. */
+  private served(): void {
+    if (--this.waiting > 0 || !this.sweeper) return;
+    clearInterval(this.sweeper);
+    this.sweeper = null;
   }
 
   /** Gives a released backend straight to its own pool's next waiter, unless another pool's turn comes first. */
@@ -260,7 +279,7 @@ export class BackendPool {
     const i = pool.waiters.findIndex((w) => w.reuse);
     if (i < 0) return false;
     const [w] = pool.waiters.splice(i, 1);
-    clearTimeout(w!.timer);
+    this.served();
     pool.active++;
     this.leaveRotationIfDone(pool);
     w!.resolve(backend);
@@ -324,7 +343,7 @@ export class BackendPool {
         return;
       }
       pool.waiters.shift();
-      clearTimeout(w.timer);
+      this.served();
       if (pool.waiters.length > 0) this.rotation.push(pool);
       this.open(pool, w.open).then(w.resolve, w.reject);
     }

@@ -1,4 +1,4 @@
-// One client's life: startup negotiation, tenant routing, relayed authentication, then the relay; one explicit state.
+// One client's life: startup negotiation, tenant routing, authentication (by the proxy or relayed), a pooled backend, then the relay.
 import { performance } from 'node:perf_hooks';
 import tls from 'node:tls';
 import type { Logger } from '../logger.js';

@@ -53,6 +53,7 @@ const SESSION_ONLY: Record<string, string> = {
   'DECLARE CURSOR': 'cursors WITH HOLD do not survive pool_mode transaction',
 };
 const CAPTURE = 64;
+const STASH_LIMIT = 64 * 1024;
 const STATEMENT = 0x53; // 'S' in Describe and Close
 const SQLSTATE_FEATURE_NOT_SUPPORTED = Buffer.from('C0A000\0');
 
@@ -70,6 +71,7 @@ export class TransactionRelay {
   private acquiring = false;
   /** Client bytes that arrived while no backend was linked. */
   private stash: Buffer[] = [];
+  private stashed = 0;
   private readonly statements = new ClientStatements();
   private readonly expected: Expected[] = [];
   /** The client changed session state on this backend (SET, LISTEN, ...): it is reset before reuse. */
@@ -106,7 +108,7 @@ export class TransactionRelay {
   private readonly onClientData = (chunk: Buffer): void => {
     this.stats.bytesIn += chunk.length;
     if (this.backend) this.fromClient(chunk);
-    else if (this.acquiring) this.stash.push(chunk);
+    else if (this.acquiring) this.hold(chunk);
     else this.link(chunk);
   };
   private readonly onClientDrain = () => this.backend?.socket.resume();
@@ -183,8 +185,8 @@ export class TransactionRelay {
       return;
     }
     this.stash.push(first);
+    this.stashed = first.length;
     this.acquiring = true;
-    this.client.pause();
     got.then(
       (backend) => {
         this.acquiring = false;
@@ -193,7 +195,7 @@ export class TransactionRelay {
         const stash = this.stash;
         this.stash = [];
         for (const chunk of stash) if (this.backend) this.fromClient(chunk);
-        this.client.resume();
+        if (this.client.isPaused()) this.client.resume();
       },
       (err: PgError) => {
         this.acquiring = false;
@@ -202,10 +204,22 @@ export class TransactionRelay {
     );
   }
 
+  /**
+   * Keeps bytes that arrive while the client waits for a backend. The client is paused only past a bound: a
+   * waiting client usually sent one statement, and pausing and resuming a socket costs two system calls.
+   */
+  private hold(chunk: Buffer): void {
+    this.stash.push(chunk);
+    this.stashed += chunk.length;
+    if (this.stashed > STASH_LIMIT) this.client.pause();
+  }
+
   private linked(backend: BackendConnection): void {
     this.backend = backend;
     this.dirty = false;
     this.sinceReady = 0;
+    // Nothing is owed between transactions; a stale expectation must never swallow the next backend's answers.
+    this.expected.length = 0;
     backend.relayTo(this.serverSink);
   }
 

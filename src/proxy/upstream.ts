@@ -234,8 +234,8 @@ export class BackendConnection {
   /** Hands the socket's events to a relay; null takes them back for parsing (resets, the pool's idle watch). */
   relayTo(sink: BackendSink | null): void {
     this.sink = sink;
-    // A relay may have paused it for backpressure.
-    if (!sink) this.socket.resume();
+    // A relay may have paused it for backpressure (resume() on a flowing socket still costs a tick).
+    if (!sink && this.socket.isPaused()) this.socket.resume();
   }
 
   /** Says Terminate (so the server logs a clean exit) and closes. */
