@@ -33,11 +33,7 @@ afterAll(async () => {
   await fx?.close();
 });
 
-async function newTenant(prefix: string): Promise<string> {
-  const id = uniqueTenantId(prefix);
-  await fx.tenants.create(id, { password: PASSWORD });
-  return id;
-}
+const newTenant = (prefix: string): Promise<string> => fx.newTenant(prefix, PASSWORD);
 
 const connectAs = (user: string, password: string, extra: Partial<pg.ClientConfig> = {}) =>
   connectPg({ ...proxy.clientConfig(user, password), ...extra });

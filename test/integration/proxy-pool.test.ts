@@ -1,7 +1,6 @@
 // Session-mode backend pooling against a real server: reuse and reset, startup settings, pool and global caps with fairness, idle/lifetime reaping, dead backends, minIdle, mid-transaction disconnects.
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { uniqueTenantId } from '../support/db.js';
 import { connectPg, proxyFixture, rejection, sleep, type ProxyFixture, type TestProxy } from '../support/proxy.js';
 
 const PASSWORD = 'pool-password-123';
@@ -15,11 +14,7 @@ afterAll(async () => {
   await fx?.close();
 });
 
-async function newTenant(prefix: string): Promise<string> {
-  const id = uniqueTenantId(prefix);
-  await fx.tenants.create(id, { password: PASSWORD });
-  return id;
-}
+const newTenant = (prefix: string): Promise<string> => fx.newTenant(prefix, PASSWORD);
 
 /** Runs fn against a proxy of its own, stopped afterwards so its backends do not linger into the next test. */
 async function withProxy(flags: Record<string, unknown>, fn: (p: TestProxy) => Promise<void>): Promise<void> {

@@ -5,7 +5,6 @@ import net from 'node:net';
 import pg from 'pg';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { uniqueTenantId } from '../support/db.js';
 import {
   connectPg,
   errorFields,
@@ -39,8 +38,7 @@ afterAll(async () => {
 
 /** A tenant with an `items` table of three rows tagged with its id, owned by the tenant. */
 async function newTenant(prefix: string): Promise<string> {
-  const id = uniqueTenantId(prefix);
-  await fx.tenants.create(id, { password: PASSWORD });
+  const id = await fx.newTenant(prefix, PASSWORD);
   await fx.admin.query(
     `CREATE TABLE "${id}".items (id serial PRIMARY KEY, tenant text NOT NULL, n int NOT NULL DEFAULT 0);
      INSERT INTO "${id}".items (tenant, n) SELECT '${id}', g FROM generate_series(1, 3) g;

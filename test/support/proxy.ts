@@ -9,7 +9,7 @@ import { silentLogger } from '../../src/logger.js';
 import { startProxy, type ProxyServer } from '../../src/proxy/server.js';
 import { installControlSchema } from '../../src/tenants/control-schema.js';
 import { TenantService } from '../../src/tenants/service.js';
-import { freshDatabase, type TestDatabase } from './db.js';
+import { freshDatabase, uniqueTenantId, type TestDatabase } from './db.js';
 
 /** True when an executable of that name is on the PATH. */
 export function hasBinary(name: string): boolean {
@@ -48,6 +48,8 @@ export interface ProxyFixture {
   /** The superuser name and password from the test server URL (schema isolation logs in as it). */
   readonly superuser: { user: string; password: string };
   readonly proxies: TestProxy[];
+  /** Creates a tenant with a unique id from `prefix` and returns the id. */
+  newTenant(prefix: string, password: string): Promise<string>;
   startProxy(flags?: Record<string, unknown>): Promise<TestProxy>;
   close(): Promise<void>;
 }
@@ -77,6 +79,11 @@ export async function proxyFixture(isolation: 'role' | 'schema' = 'role'): Promi
     tenants: new TenantService(admin, { isolation, migrationsDir: null }),
     superuser: { user: decodeURIComponent(u.username), password: decodeURIComponent(u.password) },
     proxies,
+    async newTenant(prefix, password) {
+      const id = uniqueTenantId(prefix);
+      await fixture.tenants.create(id, { password });
+      return id;
+    },
     async startProxy(flags = {}) {
       const config = resolveConfig({
         flags: { upstream: db.url, listen: '127.0.0.1:0', adminListen: 'off', isolation, ...flags },
