@@ -2,11 +2,11 @@
 import type net from 'node:net';
 import type { ClientState } from './activity.js';
 import { BackendWriter, errorResponseFor } from './protocol/writer.js';
-import { closeStatementFrame, describedName, bindStatementName, renamed } from './protocol/extended.js';
+import { bindStatementName, closeStatementFrame, describedName, parseName, renamed } from './protocol/extended.js';
 import { Backend, Frontend } from './protocol/constants.js';
 import { endGracefully, type RelayEnd, type RelayStats } from './relay.js';
 import { ClientStatements, type Statement } from './statements.js';
-import { PgError } from './errors.js';
+import { PgError, protocolViolation } from './errors.js';
 import type { BackendConnection, BackendSink } from './upstream.js';
 
 /** What the relay needs from its session: backends for transactions, and a place to give them back. */
@@ -53,6 +53,10 @@ const SESSION_ONLY: Record<string, string> = {
   'DECLARE CURSOR': 'cursors WITH HOLD do not survive pool_mode transaction',
 };
 const CAPTURE = 64;
+/** Room for a message's names (type, length, portal and statement names); PostgreSQL keeps 63 bytes of a name. */
+const GATHER_PREFIX = 1024;
+/** The largest named Parse kept for preparing again on other backends. */
+const MAX_NAMED_PARSE = 8 * 1024 * 1024;
 const STASH_LIMIT = 64 * 1024;
 const STATEMENT = 0x53; // 'S' in Describe and Close
 const SQLSTATE_FEATURE_NOT_SUPPORTED = Buffer.from('C0A000\0');
@@ -85,8 +89,10 @@ export class TransactionRelay {
   private readonly cHeader = Buffer.alloc(HEADER);
   private cHeaderSeen = 0;
   private cRemaining = 0;
-  private cMessage: Buffer | null = null;
-  private cFilled = 0;
+  /** A Parse, Bind, Describe or Close being gathered across chunks (see startGather). */
+  private gather: Buffer | null = null;
+  private gathered = 0;
+  private gatherTotal = 0;
   private unsynced = 0;
   private terminated = false;
 
@@ -238,7 +244,7 @@ export class TransactionRelay {
   }
 
   private atClientBoundary(): boolean {
-    return this.cHeaderSeen === 0 && this.cRemaining === 0 && !this.cMessage;
+    return this.cHeaderSeen === 0 && this.cRemaining === 0 && !this.gather;
   }
 
   private atServerBoundary(): boolean {
@@ -265,8 +271,9 @@ export class TransactionRelay {
     try {
       this.relayClientChunk(chunk);
     } catch (err) {
-      if (!(err instanceof PgError)) throw err;
-      this.end('client_protocol_violation', errorResponseFor(err));
+      // Whatever went wrong, it ends this client only.
+      const pgErr = err instanceof PgError ? err : new PgError('XX000', 'internal error in pgtenant while relaying');
+      this.end('client_protocol_violation', errorResponseFor(pgErr));
       return;
     }
     if (this.terminated) this.closeIfAnswered();
@@ -284,17 +291,13 @@ export class TransactionRelay {
     let i = 0;
     const n = chunk.length;
     while (i < n && !this.terminated) {
-      if (this.cMessage) {
-        const take = Math.min(this.cMessage.length - this.cFilled, n - i);
-        chunk.copy(this.cMessage, this.cFilled, i, i + take);
-        this.cFilled += take;
+      if (this.gather) {
+        const take = Math.min(this.gather.length - this.gathered, n - i);
+        chunk.copy(this.gather, this.gathered, i, i + take);
+        this.gathered += take;
         i += take;
         pass = i;
-        if (this.cFilled === this.cMessage.length) {
-          const frame = this.cMessage;
-          this.cMessage = null;
-          out.push(...(this.clientMessage(frame) ?? [frame]));
-        }
+        this.gatherStep(out);
       } else if (this.cRemaining > 0) {
         const step = Math.min(this.cRemaining, n - i);
         this.cRemaining -= step;
@@ -302,7 +305,7 @@ export class TransactionRelay {
       } else if (this.cHeaderSeen === 0 && n - i >= HEADER) {
         const type = chunk[i]!;
         const length = chunk.readInt32BE(i + 1);
-        if (length < 4) return this.end('client_protocol_violation');
+        if (length < 4) throw protocolViolation('invalid message length');
         if (!needsBody(type)) {
           this.clientHeader(type, i, out, chunk, pass);
           if (this.terminated) break;
@@ -318,9 +321,8 @@ export class TransactionRelay {
           i += 1 + length;
         } else {
           out.push(chunk.subarray(pass, i));
-          this.cMessage = Buffer.allocUnsafe(1 + length);
-          this.cFilled = 0;
-          pass = i; // the copy loop above fills it from here
+          pass = i;
+          this.startGather(length); // the branch above copies it in from here, header included
         }
       } else {
         // A header split across chunks: held back until whole, so a message that changes is never half sent.
@@ -331,16 +333,12 @@ export class TransactionRelay {
           this.cHeaderSeen = 0;
           const type = this.cHeader[0]!;
           const length = this.cHeader.readInt32BE(1);
-          if (length < 4) return this.end('client_protocol_violation');
+          if (length < 4) throw protocolViolation('invalid message length');
           if (needsBody(type)) {
-            this.cMessage = Buffer.allocUnsafe(1 + length);
-            this.cHeader.copy(this.cMessage, 0);
-            this.cFilled = HEADER;
-            if (this.cFilled === this.cMessage.length) {
-              const frame = this.cMessage;
-              this.cMessage = null;
-              out.push(...(this.clientMessage(frame) ?? [frame]));
-            }
+            this.startGather(length);
+            this.cHeader.copy(this.gather!, 0);
+            this.gathered = HEADER;
+            this.gatherStep(out);
           } else {
             this.clientHeader(type, -1, out, chunk, pass);
             if (this.terminated) break;
@@ -350,8 +348,42 @@ export class TransactionRelay {
         }
       }
     }
-    if (!this.terminated && this.cHeaderSeen === 0 && !this.cMessage) out.push(pass === 0 && i === n ? chunk : chunk.subarray(pass, i));
+    if (!this.terminated && this.cHeaderSeen === 0 && !this.gather) out.push(pass === 0 && i === n ? chunk : chunk.subarray(pass, i));
     this.write(this.backend!.socket, this.client, out);
+  }
+
+  /**
+   * A Parse, Bind, Describe or Close that spans chunks is gathered only as far as its names: what follows
+   * (parameter values, which may be large) passes through. A named Parse is the exception: it is kept whole,
+   * to prepare it again on other backends, up to MAX_NAMED_PARSE.
+   */
+  private startGather(length: number): void {
+    this.gatherTotal = 1 + length;
+    this.gather = Buffer.allocUnsafe(Math.min(this.gatherTotal, GATHER_PREFIX));
+    this.gathered = 0;
+  }
+
+  private gatherStep(out: Buffer[]): void {
+    const view = this.gather!.subarray(0, this.gathered);
+    const whole = this.gathered === this.gatherTotal;
+    if (!whole && !namesComplete(view)) {
+      if (this.gathered === this.gather!.length) throw protocolViolation('statement or portal name too long');
+      return;
+    }
+    if (!whole && view[0] === Frontend.Parse && parseName(view).name !== '') {
+      if (this.gatherTotal > MAX_NAMED_PARSE) {
+        throw new PgError('54000', `prepared statement of ${this.gatherTotal} bytes is over the ${MAX_NAMED_PARSE} bytes pool_mode transaction keeps`);
+      }
+      if (this.gather!.length < this.gatherTotal) {
+        const all = Buffer.allocUnsafe(this.gatherTotal);
+        view.copy(all);
+        this.gather = all;
+      }
+      return;
+    }
+    this.gather = null;
+    out.push(...(this.clientMessage(view) ?? [view]));
+    this.cRemaining = this.gatherTotal - view.length;
   }
 
   /** Headers of messages passed on unread: counters, sync points, and Terminate (which stays with the proxy). */
@@ -542,6 +574,20 @@ export class TransactionRelay {
       this.backend?.prepared.clear();
       this.dirty = true;
     }
+  }
+}
+
+/** True when a gathered prefix holds every name the message carries. */
+function namesComplete(view: Buffer): boolean {
+  switch (view[0]) {
+    case Frontend.Parse:
+      return view.indexOf(0, HEADER) >= 0;
+    case Frontend.Bind: {
+      const portalEnd = view.indexOf(0, HEADER);
+      return portalEnd >= 0 && view.indexOf(0, portalEnd + 1) >= 0;
+    }
+    default:
+      return view.length > HEADER + 1 && view.indexOf(0, HEADER + 1) >= 0;
   }
 }
 

@@ -694,6 +694,24 @@ const dataRows = (ms: BackendMessage[]) =>
     });
 const errorsOf = (ms: BackendMessage[]) => ms.filter((m) => m.type === 'E').map((m) => errorFields(m.body));
 
+describe('large messages', () => {
+  it('a named statement bound with a 4 MB parameter streams through, and so does an unnamed one', async () => {
+    const tenant = await newTenant('big');
+    const c = await connect(pair, tenant);
+    try {
+      const big = 'x'.repeat(4 * 1024 * 1024);
+      const named = await c.query({ name: 'len', text: 'SELECT length($1::text) AS n', values: [big] });
+      expect(named.rows).toEqual([{ n: big.length }]);
+      const again = await c.query({ name: 'len', text: 'SELECT length($1::text) AS n', values: [big + 'y'] });
+      expect(again.rows).toEqual([{ n: big.length + 1 }]);
+      const unnamed = await c.query('SELECT length($1::text) AS n', [big]);
+      expect(unnamed.rows).toEqual([{ n: big.length }]);
+    } finally {
+      await c.end();
+    }
+  });
+});
+
 describe('the extended protocol on raw sockets', () => {
   let tenant: string;
   beforeAll(async () => {
@@ -862,13 +880,19 @@ describe('the extended protocol on raw sockets', () => {
     }
   });
 
-  const malformed: Array<{ name: string; linked: boolean; bytes: () => Buffer }> = [
+  /** The start of a message whose length field promises `length` bytes (type byte excluded), without the rest. */
+  const promised = (type: string, length: number, body: Buffer) => Buffer.concat([Buffer.from(type), int32(length), body]);
+  const malformed: Array<{ name: string; linked: boolean; bytes: () => Buffer; code?: string }> = [
     { name: 'a Parse whose name has no terminator, as the first message of a transaction', linked: false, bytes: () => frame('P', Buffer.from('abcd')) },
     { name: 'a Bind without its statement name, inside a transaction', linked: true, bytes: () => frame('B', cstr('')) },
     { name: 'a Describe with no body, inside a transaction', linked: true, bytes: () => frame('D') },
+    // Only the names are gathered from a message that spans chunks: one that never ends its name is cut off.
+    { name: 'a Bind promising 10,000 bytes whose portal name runs past 1 KiB', linked: true, bytes: () => promised('B', 10_000, Buffer.alloc(2000, 0x61)) },
+    // A named Parse is kept whole for other backends: one promising 100 MB is refused, not buffered.
+    { name: 'a named Parse promising 100 MB', linked: false, bytes: () => promised('P', 100_000_000, Buffer.concat([cstr('huge'), Buffer.from('SELECT ')])), code: '54000' },
   ];
 
-  it.each(malformed)('$name: a protocol error for that client, and the proxy keeps serving', async ({ linked, bytes }) => {
+  it.each(malformed)('$name: an error for that client, and the proxy keeps serving', async ({ linked, bytes, code = '08P01' }) => {
     const c = await RawClient.login(pair, tenant, PASSWORD);
     const replies: BackendMessage[] = [];
     try {
@@ -886,7 +910,7 @@ describe('the extended protocol on raw sockets', () => {
       }
       // As PostgreSQL does: a FATAL 08P01 (or at least a close), never silence on an open connection.
       expect(c.closed).toBe(true);
-      for (const e of errorsOf(replies)) expect(e.C).toBe('08P01');
+      for (const e of errorsOf(replies)) expect(e.C).toBe(code);
     } finally {
       c.close();
     }

@@ -40,14 +40,18 @@ export function describedName(frame: Buffer): NameAt & { readonly kind: number }
   return { kind, name: frame.toString('latin1', start, end), start, end };
 }
 
-/** The frame with the name at `at` replaced, its length field fixed. */
+/**
+ * The frame with the name at `at` replaced and its length field fixed. `frame` may be only the start of a
+ * message (its names): the length field then still counts the rest, which follows unchanged.
+ */
 export function renamed(frame: Buffer, at: NameAt, name: string): Buffer {
   const nameLength = Buffer.byteLength(name, 'latin1');
-  const out = Buffer.allocUnsafe(frame.length - (at.end - at.start) + nameLength);
+  const growth = nameLength - (at.end - at.start);
+  const out = Buffer.allocUnsafe(frame.length + growth);
   frame.copy(out, 0, 0, at.start);
   out.write(name, at.start, 'latin1');
   frame.copy(out, at.start + nameLength, at.end);
-  out.writeInt32BE(out.length - 1, 1);
+  out.writeInt32BE(frame.readInt32BE(1) + growth, 1);
   return out;
 }
 
