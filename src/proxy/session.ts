@@ -246,7 +246,8 @@ export class Session {
       // Unknown tenants go through the same challenge as known ones: nothing tells them apart before the password.
       if (!loginRole) await mockAuthentication(this.client, user, this.writer);
       const startupMessage = encodeStartupMessage(backendStartupParameters(params, loginRole!, schema));
-      this.backend = await this.deps.pool.acquire(key, () => this.open(startupMessage, (b) => relayAuthentication(this.client, b, this.writer)), false);
+      const relayed = (b: BackendConnection) => relayAuthentication(this.client, b, this.writer);
+      this.backend = await this.deps.pool.acquire(key, () => openBackend(this.deps, startupMessage, relayed), false);
       await this.backend.readUntilReady();
     } else {
       // Asked for unknown tenants too: when the auth query fails, every login fails alike, telling no tenant apart.
@@ -268,7 +269,9 @@ export class Session {
       const startupMessage = encodeStartupMessage(backendStartupParameters(new Map([['database', key.database]]), key.role, schema));
       const login = credentials;
       this.poolKey = key;
-      this.opener = () => this.open(startupMessage, (b) => loginBackend(b, login));
+      // The pool keeps the opener (for minIdle): it holds the credentials, not this session.
+      const deps = this.deps;
+      this.opener = () => openBackend(deps, startupMessage, (b) => loginBackend(b, login));
       // In transaction mode too: the greeting needs a backend's parameters, and a login that cannot reach one should fail now.
       this.backend = await this.acquireBackend();
     }
@@ -302,20 +305,6 @@ export class Session {
       throw err;
     }
     backend.settingsKey = this.settingsKey;
-    return backend;
-  }
-
-  /** Opens a backend and logs it in; the pool calls this when it has room for one more. */
-  private async open(startupMessage: Buffer, login: (b: BackendConnection) => Promise<void>): Promise<BackendConnection> {
-    const started = performance.now();
-    const backend = await connectBackend(this.deps.target, startupMessage, this.deps.config.connectTimeout);
-    try {
-      await login(backend);
-    } catch (err) {
-      backend.close();
-      throw err;
-    }
-    this.deps.observer.backendConnected((performance.now() - started) / 1000);
     return backend;
   }
 
@@ -416,4 +405,22 @@ export class Session {
       this.deps.pool.release(backend, false);
     }
   }
+}
+
+/** Opens a backend and logs it in; the pool calls this when it has room for one more. */
+async function openBackend(
+  deps: SessionDeps,
+  startupMessage: Buffer,
+  login: (b: BackendConnection) => Promise<void>,
+): Promise<BackendConnection> {
+  const started = performance.now();
+  const backend = await connectBackend(deps.target, startupMessage, deps.config.connectTimeout);
+  try {
+    await login(backend);
+  } catch (err) {
+    backend.close();
+    throw err;
+  }
+  deps.observer.backendConnected((performance.now() - started) / 1000);
+  return backend;
 }

@@ -1,12 +1,13 @@
 // The relay in transaction mode: a backend from the pool per transaction, named prepared statements carried across backends.
 import type net from 'node:net';
 import type { ClientState } from './activity.js';
-import { BackendWriter, errorResponseFor } from './protocol/writer.js';
-import { bindStatementName, closeStatementFrame, describedName, parseName, renamed } from './protocol/extended.js';
+import { ClientStream } from './client-stream.js';
+import { tagEffect } from './command-tags.js';
+import { PgError } from './errors.js';
 import { Backend, Frontend } from './protocol/constants.js';
+import { BackendWriter, errorResponseFor } from './protocol/writer.js';
 import { endGracefully, type RelayEnd, type RelayStats } from './relay.js';
-import { ClientStatements, type Statement } from './statements.js';
-import { PgError, protocolViolation } from './errors.js';
+import { ServerAnswers } from './server-answers.js';
 import type { BackendConnection, BackendSink } from './upstream.js';
 
 /** What the relay needs from its session: backends for transactions, and a place to give them back. */
@@ -25,46 +26,16 @@ const STATUS_STATE: Record<number, Exclude<ClientState, 'login' | 'active'>> = {
   0x45: 'idle_in_transaction_aborted',
 };
 
-/**
- * What the server owes for each Parse and Close sent (and each sync point), in order: the answers to the
- * proxy's own Close and Parse are not the client's and are dropped. `statement` names a Parse whose
- * failure means the backend does not have it after all.
- */
-interface Expected {
-  readonly swallow: boolean;
-  readonly sync: boolean;
-  readonly statement: string | null;
-}
-const PASS: Expected = { swallow: false, sync: false, statement: null };
-const SWALLOW: Expected = { swallow: true, sync: false, statement: null };
-const SYNC: Expected = { swallow: false, sync: true, statement: null };
-
-/** Command tags after which the backend's session state is the client's, not the pool's: reset before reuse. */
-const DIRTY_TAGS = new Set([
-  'SET', 'RESET', 'LISTEN', 'PREPARE', 'DECLARE CURSOR', 'LOAD', 'DISCARD ALL', 'DISCARD PLANS', 'DEALLOCATE', 'DEALLOCATE ALL',
-  'DISCARD TEMP', 'DISCARD SEQUENCES',
-  // Could be TEMP: a temporary table would shadow the next client's table of that name.
-  'CREATE TABLE', 'CREATE VIEW', 'CREATE SEQUENCE',
-]);
-/** Of those, the ones that do not carry over to the next transaction on another backend: the client is told. */
-const SESSION_ONLY: Record<string, string> = {
-  LISTEN: 'LISTEN does not work with pool_mode transaction: notifications stop when this transaction ends',
-  PREPARE: 'SQL PREPARE does not survive pool_mode transaction: use protocol-level prepared statements (Parse/Bind)',
-  'DECLARE CURSOR': 'cursors WITH HOLD do not survive pool_mode transaction',
-};
 const CAPTURE = 64;
-/** Room for a message's names (type, length, portal and statement names); PostgreSQL keeps 63 bytes of a name. */
-const GATHER_PREFIX = 1024;
-/** The largest named Parse kept for preparing again on other backends. */
-const MAX_NAMED_PARSE = 8 * 1024 * 1024;
 const STASH_LIMIT = 64 * 1024;
-const STATEMENT = 0x53; // 'S' in Describe and Close
 const SQLSTATE_FEATURE_NOT_SUPPORTED = Buffer.from('C0A000\0');
 
 export class TransactionRelay {
   readonly stats: RelayStats = { bytesIn: 0, bytesOut: 0 };
   /** Query and Execute messages from the client. */
-  queries = 0;
+  get queries(): number {
+    return this.clientStream.queries;
+  }
   /** Transactions the server finished (ReadyForQuery back to idle after other messages). */
   transactions = 0;
   readonly done: Promise<RelayEnd>;
@@ -76,25 +47,13 @@ export class TransactionRelay {
   /** Client bytes that arrived while no backend was linked. */
   private stash: Buffer[] = [];
   private stashed = 0;
-  private readonly statements = new ClientStatements();
-  private readonly expected: Expected[] = [];
+  private readonly answers = new ServerAnswers();
+  private readonly clientStream = new ClientStream(this.answers);
   /** The client changed session state on this backend (SET, LISTEN, ...): it is reset before reuse. */
   private dirty = false;
-  private syncs = 0;
   private readies = 0;
   private status = IDLE;
   private sinceReady = 0;
-
-  // Client framing: a header seen in part, body bytes to pass, or a whole message being gathered.
-  private readonly cHeader = Buffer.alloc(HEADER);
-  private cHeaderSeen = 0;
-  private cRemaining = 0;
-  /** A Parse, Bind, Describe or Close being gathered across chunks (see startGather). */
-  private gather: Buffer | null = null;
-  private gathered = 0;
-  private gatherTotal = 0;
-  private unsynced = 0;
-  private terminated = false;
 
   // Server framing, and a few body bytes captured for CommandComplete tags and ErrorResponse codes.
   private readonly sHeader = Buffer.alloc(HEADER);
@@ -107,6 +66,7 @@ export class TransactionRelay {
   private captureWant = 0;
   private wantStatus = false;
   private readonly out: Buffer[] = [];
+  private readonly forgetStatement = (name: string) => this.backend?.prepared.delete(name);
   private readonly writer = new BackendWriter(64);
   /** A warning for the client about something transaction mode cannot carry, sent at the next boundary. */
   private pendingNotice: string | null = null;
@@ -142,7 +102,7 @@ export class TransactionRelay {
   }
 
   get clientState(): Exclude<ClientState, 'login'> {
-    if (this.backend && (this.syncs > this.readies || this.sLastType !== Backend.ReadyForQuery || this.sHeaderSeen > 0 || this.sRemaining > 0)) {
+    if (this.backend && (this.clientStream.syncs > this.readies || this.sLastType !== Backend.ReadyForQuery || this.sHeaderSeen > 0 || this.sRemaining > 0)) {
       return 'active';
     }
     if (this.acquiring) return 'waiting';
@@ -155,7 +115,7 @@ export class TransactionRelay {
     if (!backend) return null;
     this.unlink(backend);
     const violated = this.ended === 'client_protocol_violation' || this.ended === 'server_protocol_violation';
-    const clean = !violated && this.atClientBoundary() && this.unsynced === 0 && this.atServerBoundary() && this.syncs === this.readies;
+    const clean = !violated && this.atClientBoundary() && this.clientStream.unsynced === 0 && this.atServerBoundary() && this.clientStream.syncs === this.readies;
     const state = clean ? (this.status === IDLE ? 'idle' : 'idle_in_transaction') : null;
     return { backend, state, dirty: this.dirty };
   }
@@ -225,7 +185,7 @@ export class TransactionRelay {
     this.dirty = false;
     this.sinceReady = 0;
     // Nothing is owed between transactions; a stale expectation must never swallow the next backend's answers.
-    this.expected.length = 0;
+    this.answers.clear();
     backend.relayTo(this.serverSink);
   }
 
@@ -238,13 +198,13 @@ export class TransactionRelay {
   private maybeRelease(): void {
     const backend = this.backend;
     if (!backend || this.status !== IDLE || this.sLastType !== Backend.ReadyForQuery) return;
-    if (this.syncs !== this.readies || this.unsynced > 0 || !this.atClientBoundary() || !this.atServerBoundary()) return;
+    if (this.clientStream.syncs !== this.readies || this.clientStream.unsynced > 0 || !this.atClientBoundary() || !this.atServerBoundary()) return;
     this.unlink(backend);
     this.session.release(backend, this.dirty);
   }
 
   private atClientBoundary(): boolean {
-    return this.cHeaderSeen === 0 && this.cRemaining === 0 && !this.gather;
+    return this.clientStream.atBoundary;
   }
 
   private atServerBoundary(): boolean {
@@ -267,199 +227,22 @@ export class TransactionRelay {
 
   /** A malformed message ends this client with 08P01; nothing it sends can take the proxy down. */
   private fromClient(chunk: Buffer): void {
-    if (this.terminated) return;
+    if (this.clientStream.terminated) return;
+    const backend = this.backend!;
     try {
-      this.relayClientChunk(chunk);
+      this.write(backend.socket, this.client, this.clientStream.process(chunk, backend.prepared));
     } catch (err) {
       // Whatever went wrong, it ends this client only.
       const pgErr = err instanceof PgError ? err : new PgError('XX000', 'internal error in pgtenant while relaying');
       this.end('client_protocol_violation', errorResponseFor(pgErr));
       return;
     }
-    if (this.terminated) this.closeIfAnswered();
+    if (this.clientStream.terminated) this.closeIfAnswered();
   }
 
   /** After the client's Terminate: once everything it sent before is answered, the proxy closes, as PostgreSQL would. */
   private closeIfAnswered(): void {
-    if (!this.backend || (this.syncs === this.readies && this.atServerBoundary())) this.end('client_terminated');
-  }
-
-  private relayClientChunk(chunk: Buffer): void {
-    const out = this.out;
-    out.length = 0;
-    let pass = 0; // start of bytes forwarded unchanged
-    let i = 0;
-    const n = chunk.length;
-    while (i < n && !this.terminated) {
-      if (this.gather) {
-        const take = Math.min(this.gather.length - this.gathered, n - i);
-        chunk.copy(this.gather, this.gathered, i, i + take);
-        this.gathered += take;
-        i += take;
-        pass = i;
-        this.gatherStep(out);
-      } else if (this.cRemaining > 0) {
-        const step = Math.min(this.cRemaining, n - i);
-        this.cRemaining -= step;
-        i += step;
-      } else if (this.cHeaderSeen === 0 && n - i >= HEADER) {
-        const type = chunk[i]!;
-        const length = chunk.readInt32BE(i + 1);
-        if (length < 4) throw protocolViolation('invalid message length');
-        if (!needsBody(type)) {
-          this.clientHeader(type, i, out, chunk, pass);
-          if (this.terminated) break;
-          this.cRemaining = length - 4;
-          i += HEADER;
-        } else if (n - i >= 1 + length) {
-          // The whole message is here: read in place, and cut out of the chunk only when it changes.
-          const pieces = this.clientMessage(chunk.subarray(i, i + 1 + length));
-          if (pieces) {
-            out.push(chunk.subarray(pass, i), ...pieces);
-            pass = i + 1 + length;
-          }
-          i += 1 + length;
-        } else {
-          out.push(chunk.subarray(pass, i));
-          pass = i;
-          this.startGather(length); // the branch above copies it in from here, header included
-        }
-      } else {
-        // A header split across chunks: held back until whole, so a message that changes is never half sent.
-        if (this.cHeaderSeen === 0) out.push(chunk.subarray(pass, i));
-        this.cHeader[this.cHeaderSeen++] = chunk[i++]!;
-        pass = i;
-        if (this.cHeaderSeen === HEADER) {
-          this.cHeaderSeen = 0;
-          const type = this.cHeader[0]!;
-          const length = this.cHeader.readInt32BE(1);
-          if (length < 4) throw protocolViolation('invalid message length');
-          if (needsBody(type)) {
-            this.startGather(length);
-            this.cHeader.copy(this.gather!, 0);
-            this.gathered = HEADER;
-            this.gatherStep(out);
-          } else {
-            this.clientHeader(type, -1, out, chunk, pass);
-            if (this.terminated) break;
-            out.push(Buffer.from(this.cHeader));
-            this.cRemaining = length - 4;
-          }
-        }
-      }
-    }
-    if (!this.terminated && this.cHeaderSeen === 0 && !this.gather) out.push(pass === 0 && i === n ? chunk : chunk.subarray(pass, i));
-    this.write(this.backend!.socket, this.client, out);
-  }
-
-  /**
-   * A Parse, Bind, Describe or Close that spans chunks is gathered only as far as its names: what follows
-   * (parameter values, which may be large) passes through. A named Parse is the exception: it is kept whole,
-   * to prepare it again on other backends, up to MAX_NAMED_PARSE.
-   */
-  private startGather(length: number): void {
-    this.gatherTotal = 1 + length;
-    this.gather = Buffer.allocUnsafe(Math.min(this.gatherTotal, GATHER_PREFIX));
-    this.gathered = 0;
-  }
-
-  private gatherStep(out: Buffer[]): void {
-    const view = this.gather!.subarray(0, this.gathered);
-    const whole = this.gathered === this.gatherTotal;
-    if (!whole && !namesComplete(view)) {
-      if (this.gathered === this.gather!.length) throw protocolViolation('statement or portal name too long');
-      return;
-    }
-    if (!whole && view[0] === Frontend.Parse && parseName(view).name !== '') {
-      if (this.gatherTotal > MAX_NAMED_PARSE) {
-        throw new PgError('54000', `prepared statement of ${this.gatherTotal} bytes is over the ${MAX_NAMED_PARSE} bytes pool_mode transaction keeps`);
-      }
-      if (this.gather!.length < this.gatherTotal) {
-        const all = Buffer.allocUnsafe(this.gatherTotal);
-        view.copy(all);
-        this.gather = all;
-      }
-      return;
-    }
-    this.gather = null;
-    out.push(...(this.clientMessage(view) ?? [view]));
-    this.cRemaining = this.gatherTotal - view.length;
-  }
-
-  /** Headers of messages passed on unread: counters, sync points, and Terminate (which stays with the proxy). */
-  private clientHeader(type: number, at: number, out: Buffer[], chunk: Buffer, pass: number): void {
-    if (type === Frontend.Query) this.queries++;
-    switch (type) {
-      case Frontend.Query:
-      case Frontend.Sync:
-      case Frontend.FunctionCall:
-        this.syncs++;
-        this.unsynced = 0;
-        this.expected.push(SYNC);
-        break;
-      case Frontend.Terminate:
-        if (at >= 0) out.push(chunk.subarray(pass, at));
-        this.terminated = true;
-        break;
-      case Frontend.Execute:
-        this.queries++;
-        this.unsynced++;
-        break;
-      case Frontend.Flush:
-      case Frontend.CopyData:
-      case Frontend.CopyDone:
-      case Frontend.CopyFail:
-        break;
-      default:
-        this.unsynced++;
-    }
-  }
-
-  /**
-   * A whole Parse, Bind, Describe or Close. Returns what goes to the server instead of it (the statement
-   * renamed, prepared first on a backend that lacks it), or null when it passes unchanged.
-   */
-  private clientMessage(frame: Buffer): Buffer[] | null {
-    this.unsynced++;
-    switch (frame[0]) {
-      case Frontend.Parse: {
-        const statement = this.statements.define(frame);
-        if (!statement) {
-          this.expected.push(PASS);
-          return null;
-        }
-        // Close first: the backend may hold this name already, from this or another client of the tenant.
-        this.expected.push(SWALLOW, { swallow: false, sync: false, statement: statement.server });
-        this.backend!.prepared.add(statement.server);
-        return [closeStatementFrame(statement.server), statement.parse];
-      }
-      case Frontend.Bind: {
-        const at = bindStatementName(frame);
-        const statement = at.name === '' ? undefined : this.statements.get(at.name);
-        return statement ? [...this.prepare(statement), renamed(frame, at, statement.server)] : null;
-      }
-      case Frontend.Describe: {
-        const at = describedName(frame);
-        const statement = at.kind === STATEMENT && at.name !== '' ? this.statements.get(at.name) : undefined;
-        return statement ? [...this.prepare(statement), renamed(frame, at, statement.server)] : null;
-      }
-      default: {
-        // Close, passed on as it is: the server has no statement of the client's name, and closing none is no error.
-        const at = describedName(frame);
-        if (at.kind === STATEMENT) this.statements.delete(at.name);
-        this.expected.push(PASS);
-        return null;
-      }
-    }
-  }
-
-  /** The Close and Parse that give this backend the statement, when it does not have it yet. */
-  private prepare(statement: Statement): Buffer[] {
-    const backend = this.backend!;
-    if (backend.prepared.has(statement.server)) return [];
-    this.expected.push(SWALLOW, { swallow: true, sync: false, statement: statement.server });
-    backend.prepared.add(statement.server);
-    return [closeStatementFrame(statement.server), statement.parse];
+    if (!this.backend || (this.clientStream.syncs === this.readies && this.atServerBoundary())) this.end('client_terminated');
   }
 
   // ---- server -> client ----
@@ -515,7 +298,7 @@ export class TransactionRelay {
     }
     this.write(this.client, this.backend!.socket, out);
     this.maybeRelease();
-    if (this.terminated) this.closeIfAnswered();
+    if (this.clientStream.terminated) this.closeIfAnswered();
   }
 
   /** Reads one server header; true when the message (a bodiless answer to the proxy's own Close or Parse) is dropped. */
@@ -529,22 +312,15 @@ export class TransactionRelay {
       case Backend.ReadyForQuery:
         this.readies++;
         this.wantStatus = this.sRemaining > 0;
-        while (this.expected.length > 0 && !this.expected.shift()!.sync);
+        this.answers.ready();
         return false;
       case 0x31: // ParseComplete
-      case 0x33: { // CloseComplete
-        const e = this.expected[0];
-        if (!e || e.sync) return false;
-        this.expected.shift();
+      case 0x33: // CloseComplete
         this.sinceReady++;
-        return e.swallow && length === 4;
-      }
+        return this.answers.completed() && length === 4;
       case Backend.ErrorResponse:
         // The server skips to the next Sync: what it owed for the rest of this batch never comes.
-        while (this.expected.length > 0 && !this.expected[0]!.sync) {
-          const e = this.expected.shift()!;
-          if (e.statement) this.backend?.prepared.delete(e.statement);
-        }
+        this.answers.failed(this.forgetStatement);
         this.captureWant = Math.min(CAPTURE, this.sRemaining);
         break;
       case 0x43: // CommandComplete
@@ -564,34 +340,15 @@ export class TransactionRelay {
     const bytes = this.capture.subarray(0, this.captureLength);
     if (this.sType === 0x43) {
       const nul = bytes.indexOf(0);
-      const tag = bytes.toString('latin1', 0, nul < 0 ? bytes.length : nul);
-      if (!DIRTY_TAGS.has(tag)) return;
+      const effect = tagEffect(bytes.toString('latin1', 0, nul < 0 ? bytes.length : nul));
+      if (!effect) return;
       this.dirty = true;
-      if (tag.startsWith('DISCARD') || tag.startsWith('DEALLOCATE')) this.backend?.prepared.clear();
-      this.pendingNotice ??= SESSION_ONLY[tag] ?? null;
+      if (effect.forgetsStatements) this.backend?.prepared.clear();
+      this.pendingNotice ??= effect.warning;
     } else if (bytes.indexOf(SQLSTATE_FEATURE_NOT_SUPPORTED) >= 0) {
       // "cached plan must not change result type" after a migration: prepare afresh next time.
       this.backend?.prepared.clear();
       this.dirty = true;
     }
   }
-}
-
-/** True when a gathered prefix holds every name the message carries. */
-function namesComplete(view: Buffer): boolean {
-  switch (view[0]) {
-    case Frontend.Parse:
-      return view.indexOf(0, HEADER) >= 0;
-    case Frontend.Bind: {
-      const portalEnd = view.indexOf(0, HEADER);
-      return portalEnd >= 0 && view.indexOf(0, portalEnd + 1) >= 0;
-    }
-    default:
-      return view.length > HEADER + 1 && view.indexOf(0, HEADER + 1) >= 0;
-  }
-}
-
-/** The client messages whose bodies the relay reads: those that name prepared statements. */
-function needsBody(type: number): boolean {
-  return type === Frontend.Parse || type === Frontend.Bind || type === Frontend.Describe || type === Frontend.Close;
 }
