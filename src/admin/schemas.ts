@@ -21,6 +21,7 @@ export const tenant = object({
   schema: str,
   role: { ...nullableStr, description: 'Login role; null in schema isolation' },
   state: { type: 'string', enum: ['active', 'suspended'] },
+  poolSize: { type: ['integer', 'null'], description: "Backends in the tenant's pools on each proxy; null: the proxy's --pool-size" },
   createdAt: time,
   updatedAt: time,
 });

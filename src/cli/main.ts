@@ -31,8 +31,9 @@ function stopSignal(): Promise<NodeJS.Signals> {
 }
 
 async function execute(cmd: Command, argv: Record<string, unknown>): Promise<number> {
+  // Only the command's own options are configuration: `tenants set --pool-size` is not the proxy's --pool-size.
   const flags: Record<string, unknown> = {};
-  for (const name of Object.keys(OPTIONS)) if (argv[name] !== undefined) flags[name] = argv[name];
+  for (const name of ['logLevel', ...(cmd.options ?? [])]) if (argv[name] !== undefined) flags[name] = argv[name];
   const file = typeof argv.config === 'string' ? readConfigFile(argv.config) : undefined;
   const config = resolveConfig({ flags, env: process.env, ...(file ? { file } : {}) });
   const log = createLogger(config.logLevel);

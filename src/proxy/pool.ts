@@ -11,7 +11,7 @@ export interface PoolKey {
 }
 
 export interface PoolLimits {
-  /** Backends per pool. */
+  /** Backends per pool, unless a tenant has its own size. */
   readonly size: number;
   /** Backends in all pools together; 0 for no cap. */
   readonly maxBackends: number;
@@ -57,6 +57,8 @@ class KeyPool {
   constructor(
     readonly id: string,
     readonly key: PoolKey,
+    /** Its size: the tenant's own, or the proxy's default; the latest acquire sets it. */
+    public limit: number,
   ) {}
 
   get size(): number {
@@ -98,10 +100,11 @@ export class BackendPool {
     return pool && pool.waiters.length === 0 ? this.takeIdle(pool) : null;
   }
 
-  /** A backend for this key: an idle one, a new one, or one handed over after waiting. */
-  acquire(key: PoolKey, open: Opener, reuse = true): Promise<BackendConnection> {
+  /** A backend for this key: an idle one, a new one, or one handed over after waiting. `size` is the pool's (the tenant's own, or the default). */
+  acquire(key: PoolKey, open: Opener, reuse = true, size = this.limits.size): Promise<BackendConnection> {
     if (this.closed) return Promise.reject(adminShutdown('pgtenant is shutting down'));
     const pool = this.poolFor(key);
+    pool.limit = size;
     // Sessions after a disconnect start afresh; backends from before it still close on release.
     if (pool.retired && pool.active === 0 && pool.opening === 0) pool.retired = false;
     if (reuse) {
@@ -109,7 +112,7 @@ export class BackendPool {
       const idle = this.takeIdle(pool);
       if (idle) return Promise.resolve(idle);
     }
-    if (pool.size < this.limits.size && this.makeRoom()) return this.open(pool, open);
+    if (pool.size < pool.limit && this.makeRoom()) return this.open(pool, open);
     return this.wait(pool, open, reuse);
   }
 
@@ -122,10 +125,22 @@ export class BackendPool {
     }
     pool.active--;
     const expired = Date.now() - backend.createdAt >= this.limits.lifetime;
-    if (!reusable || expired || !backend.alive || this.closed || pool.retired) {
+    // A pool made smaller keeps no more than its new size.
+    const over = pool.size >= pool.limit;
+    if (!reusable || expired || over || !backend.alive || this.closed || pool.retired) {
       this.drop(backend);
     } else if (!this.handOver(pool, backend)) {
       this.park(pool, backend);
+    }
+    this.dispatch();
+  }
+
+  /** A tenant's pools take a new size at once: idle backends beyond it close now, those in use when released. */
+  resize(tenant: string, size: number): void {
+    for (const pool of this.pools.values()) {
+      if (pool.key.tenant !== tenant) continue;
+      pool.limit = size;
+      while (pool.idle.length > 0 && pool.size > size) this.closeIdle(pool, 0);
     }
     this.dispatch();
   }
@@ -175,7 +190,7 @@ export class BackendPool {
   private poolFor(key: PoolKey): KeyPool {
     const id = keyId(key);
     let pool = this.pools.get(id);
-    if (!pool) this.pools.set(id, (pool = new KeyPool(id, key)));
+    if (!pool) this.pools.set(id, (pool = new KeyPool(id, key, this.limits.size)));
     return pool;
   }
 
@@ -308,7 +323,7 @@ export class BackendPool {
 
   /** True when a pool other than `except` waits for global room (it is below its own size). */
   private starving(except: KeyPool): boolean {
-    return this.rotation.some((p) => p !== except && p.waiters.length > 0 && p.size < this.limits.size);
+    return this.rotation.some((p) => p !== except && p.waiters.length > 0 && p.size < p.limit);
   }
 
   private atGlobalCap(): boolean {
@@ -333,7 +348,7 @@ export class BackendPool {
       const pool = this.rotation.shift()!;
       const w = pool.waiters[0];
       if (!w) continue;
-      if (pool.size >= this.limits.size) {
+      if (pool.size >= pool.limit) {
         // Waiting for its own backends to come back, not for global room.
         this.rotation.push(pool);
         continue;
@@ -359,7 +374,7 @@ export class BackendPool {
         const old = now - backend.createdAt >= this.limits.lifetime;
         if (old || (now - backend.idleSince >= this.limits.idleTimeout && pool.idle.length > keep)) this.closeIdle(pool, i);
       }
-      if (pool.opener && pool.idle.length + pool.opening < keep && pool.size < this.limits.size && !this.atGlobalCap()) {
+      if (pool.opener && pool.idle.length + pool.opening < keep && pool.size < pool.limit && !this.atGlobalCap()) {
         this.prefill(pool, pool.opener);
       }
       if (pool.size === 0 && pool.waiters.length === 0) this.pools.delete(pool.id);

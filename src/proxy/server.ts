@@ -157,6 +157,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       (record) => {
         if (!record) disconnectTenant(id, `tenant "${id}" was dropped`);
         else if (record.state !== 'active') revokeTenant(id, `tenant "${id}" was suspended`, true);
+        if (record) pool.resize(id, record.poolSize ?? config.poolSize);
       },
       (err: Error) => log.warn({ err: err.message, tenant: id }, 'tenant lookup after change failed'),
     );

@@ -73,6 +73,8 @@ export class Session {
   /** Opens a backend for this session's pool, once the client has authenticated (proxy-side auth only). */
   private opener: (() => Promise<BackendConnection>) | null = null;
   private poolKey: PoolKey | null = null;
+  /** The tenant's own pool size, or the proxy's. */
+  private poolSize: number;
   private settings: ReadonlyMap<string, string> = new Map();
   /** Set once AuthenticationOk went out. */
   private authenticated = false;
@@ -89,6 +91,7 @@ export class Session {
     private readonly deps: SessionDeps,
   ) {
     this.client = new ClientConnection(socket);
+    this.poolSize = deps.config.poolSize;
     this.log = deps.log.child({ session: id, client: `${socket.remoteAddress}:${socket.remotePort}` });
   }
 
@@ -240,6 +243,7 @@ export class Session {
     const loginRole = identity.loginRole ?? record?.role ?? null;
     const schema = record?.schema ?? identity.tenantId;
     const key: PoolKey = { tenant: identity.tenantId, role: loginRole ?? user, database: params.get('database') ?? loginRole ?? user };
+    this.poolSize = record?.poolSize ?? config.poolSize;
     let credentials: BackendCredentials | null = null;
     let secret: RoleSecret | null = null;
     if (config.auth === 'relay') {
@@ -247,7 +251,7 @@ export class Session {
       if (!loginRole) await mockAuthentication(this.client, user, this.writer);
       const startupMessage = encodeStartupMessage(backendStartupParameters(params, loginRole!, schema));
       const relayed = (b: BackendConnection) => relayAuthentication(this.client, b, this.writer);
-      this.backend = await this.deps.pool.acquire(key, () => openBackend(this.deps, startupMessage, relayed), false);
+      this.backend = await this.deps.pool.acquire(key, () => openBackend(this.deps, startupMessage, relayed), false, this.poolSize);
       await this.backend.readUntilReady();
     } else {
       // Asked for unknown tenants too: when the auth query fails, every login fails alike, telling no tenant apart.
@@ -285,7 +289,7 @@ export class Session {
 
   /** A backend from this session's pool with the client's startup settings applied. */
   private async acquireBackend(): Promise<BackendConnection> {
-    return this.withSettings(await this.deps.pool.acquire(this.poolKey!, this.opener!));
+    return this.withSettings(await this.deps.pool.acquire(this.poolKey!, this.opener!, true, this.poolSize));
   }
 
   /** For transaction mode: an idle backend already carrying this client's settings comes back at once, without a promise. */

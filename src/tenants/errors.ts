@@ -3,6 +3,7 @@
 export type TenantErrorCode =
   | 'invalid_tenant_id'
   | 'invalid_password'
+  | 'invalid_pool_size'
   | 'tenant_exists'
   | 'tenant_not_found'
   | 'not_initialized'

@@ -22,6 +22,9 @@ import {
   type TenantState,
 } from './types.js';
 
+/** The largest per-tenant pool size accepted (PostgreSQL's max_connections is rarely above a few thousand). */
+export const MAX_POOL_SIZE = 10_000;
+
 export { TENANT_CHANNEL };
 
 export interface TenantServiceOptions {
@@ -216,6 +219,28 @@ export class TenantService {
       await notify(c, id);
     });
     this.log.info({ tenant: id }, 'tenant dropped');
+  }
+
+  /**
+   * Sets how many backends the tenant's pools may hold on each proxy (null: the proxy's --pool-size). New
+   * sessions use it at once (NOTIFY); backends already open beyond it close as they come back.
+   */
+  async setPoolSize(id: string, poolSize: number | null): Promise<TenantRecord> {
+    validateTenantId(id);
+    if (poolSize !== null && (!Number.isInteger(poolSize) || poolSize < 1 || poolSize > MAX_POOL_SIZE)) {
+      throw new TenantError('invalid_pool_size', `pool size must be a whole number from 1 to ${MAX_POOL_SIZE}, or the default`);
+    }
+    const record = await this.transaction(async (c) => {
+      await findRow(c, id, true);
+      const { rows } = await c.query<TenantRow>(
+        `UPDATE pgtenant.tenants SET max_connections = $2, updated_at = now() WHERE id = $1 RETURNING ${TENANT_COLUMNS}`,
+        [id, poolSize],
+      );
+      await notify(c, id);
+      return toRecord(rows[0]!);
+    });
+    this.log.info({ tenant: id, poolSize }, 'tenant pool size set');
+    return record;
   }
 
   private async setState(id: string, state: TenantState, disconnect: boolean): Promise<TenantRecord> {

@@ -14,6 +14,8 @@ export interface TenantRecord {
   /** The tenant's login role; null in schema isolation. */
   role: string | null;
   state: TenantState;
+  /** Backends in this tenant's pools, overriding the proxy's --pool-size; null for the default. */
+  poolSize: number | null;
   createdAt: Date;
   updatedAt: Date;
 }
@@ -24,11 +26,12 @@ export interface TenantRow {
   schema_name: string;
   role_name: string | null;
   state: TenantState;
+  max_connections: number | null;
   created_at: Date;
   updated_at: Date;
 }
 
-export const TENANT_COLUMNS = 'id, schema_name, role_name, state, created_at, updated_at';
+export const TENANT_COLUMNS = 'id, schema_name, role_name, state, max_connections, created_at, updated_at';
 
 /** A tenant with what `show` adds: where its schema stands in the migration journal. */
 export interface TenantDetails extends TenantRecord {
@@ -51,6 +54,7 @@ export function toRecord(row: TenantRow): TenantRecord {
     schema: row.schema_name,
     role: row.role_name,
     state: row.state,
+    poolSize: row.max_connections,
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   };

@@ -102,6 +102,10 @@ describe('admin API in role isolation', () => {
     expect(again.json.state).toBe('suspended');
     expect((await ended).error?.code).toBe('57P01');
 
+    const sized = await fx.request('PATCH', `/v1/tenants/${id}`, { poolSize: 4 });
+    expect(sized.status).toBe(200);
+    expect(sized.json).toMatchObject({ id, poolSize: 4, state: 'suspended' });
+    expect((await fx.request('PATCH', `/v1/tenants/${id}`, { poolSize: null })).json.poolSize).toBeNull();
     const resumed = await fx.request('PATCH', `/v1/tenants/${id}`, { state: 'active' });
     expect(resumed.status).toBe(200);
     expect(resumed.json).toMatchObject({ id, state: 'active' });

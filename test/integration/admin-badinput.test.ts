@@ -193,6 +193,21 @@ describe('request bodies', () => {
     expectError(reply, 400, 'invalid_request', 'state');
   });
 
+  it.each([
+    [{ poolSize: 0 }, 'poolSize'],
+    [{ poolSize: 10_001 }, 'poolSize'],
+    [{ poolSize: '5' }, 'poolSize'],
+    [{ poolSize: 2.5 }, 'poolSize'],
+  ])('rejects PATCH %j with 400 invalid_pool_size on its field', async (body, field) => {
+    const reply = await unchanged(() => fx.request('PATCH', `/v1/tenants/${existing}`, body));
+    expectError(reply, 400, 'invalid_pool_size', field);
+  });
+
+  it('rejects an empty PATCH with 400 invalid_request', async () => {
+    const reply = await unchanged(() => fx.request('PATCH', `/v1/tenants/${existing}`, {}));
+    expectError(reply, 400, 'invalid_request');
+  });
+
   it('rejects a JSON array as the body with 400', async () => {
     const id = uniqueTenantId(PREFIX);
     const reply = await unchanged(() => post([{ id, password: 'long-enough-1' }]), [id]);

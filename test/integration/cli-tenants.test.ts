@@ -93,6 +93,20 @@ describe('init and the tenant lifecycle', () => {
     expect(text.stdout).toMatch(new RegExp(`^${id}\\s+active\\s+${id}\\s+${id}\\s`, 'm'));
   });
 
+  it('set --pool-size gives the tenant its own pool size, default takes it back; a bad value is exit 2', async () => {
+    const r = await runCli(['tenants', 'set', id, '--pool-size', '7', ...up()]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('pool size 7');
+    expect(JSON.parse((await runCli(['tenants', 'show', id, '--json', ...up()])).stdout).poolSize).toBe(7);
+    expect((await runCli(['tenants', 'show', id, ...up()])).stdout).toMatch(/^pool: +7$/m);
+    const back = await runCli(['tenants', 'set', id, '--pool-size', 'default', ...up()]);
+    expect(back.code, back.stderr).toBe(0);
+    expect(JSON.parse((await runCli(['tenants', 'show', id, '--json', ...up()])).stdout).poolSize).toBeNull();
+    const bad = await runCli(['tenants', 'set', id, '--pool-size', 'lots', ...up()]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('--pool-size');
+  });
+
   it('suspend and resume change the state', async () => {
     const s = await runCli(['tenants', 'suspend', id, ...up()]);
     expect(s.code, s.stderr).toBe(0);

@@ -288,6 +288,57 @@ describe('limits', () => {
   });
 });
 
+describe('a tenant\'s own pool size', () => {
+  it('overrides --pool-size for that tenant only, and a change reaches a running proxy at once', async () => {
+    const small = await newTenant('small');
+    const other = await newTenant('other');
+    await fx.tenants.setPoolSize(small, 1);
+    await withProxy({ poolSize: 3, poolWaitTimeout: 600 }, async (p) => {
+      const holder = await connect(p, small);
+      const others = [await connect(p, other), await connect(p, other)];
+      try {
+        const err = await rejection(connect(p, small));
+        expect(err.code).toBe('53300');
+        expect(counts(p, other).active).toBe(2);
+        // Raised through the lifecycle service: its NOTIFY reaches this proxy, the next client gets in.
+        await fx.tenants.setPoolSize(small, 2);
+        expect(await until(async () => {
+          const c = await connect(p, small).catch(() => null);
+          if (!c) return false;
+          await c.end();
+          return true;
+        })).toBe(true);
+      } finally {
+        await Promise.all([holder.end(), ...others.map((c) => c.end())]);
+      }
+    });
+  });
+
+  it('a smaller size closes idle backends beyond it at once, and back to the default lifts it', async () => {
+    const tenant = await newTenant('shrink');
+    await withProxy({ poolSize: 3 }, async (p) => {
+      const clients = [await connect(p, tenant), await connect(p, tenant), await connect(p, tenant)];
+      await Promise.all(clients.map((c) => c.end()));
+      expect(await idleReaches(p, tenant, 3)).toBe(true);
+      expect((await fx.tenants.setPoolSize(tenant, 1)).poolSize).toBe(1);
+      expect(await idleReaches(p, tenant, 1)).toBe(true);
+      expect(await until(async () => (await backendsOf(tenant)) === 1)).toBe(true);
+      expect((await fx.tenants.setPoolSize(tenant, null)).poolSize).toBeNull();
+      const again = [await connect(p, tenant), await connect(p, tenant), await connect(p, tenant)];
+      expect(counts(p, tenant).active).toBe(3);
+      await Promise.all(again.map((c) => c.end()));
+    });
+  });
+
+  it('refuses sizes outside 1..10000 with invalid_pool_size and changes nothing', async () => {
+    const tenant = await newTenant('badsize');
+    for (const bad of [0, -1, 1.5, 10_001]) {
+      await expect(fx.tenants.setPoolSize(tenant, bad)).rejects.toMatchObject({ code: 'invalid_pool_size' });
+    }
+    expect((await fx.tenants.get(tenant)).poolSize).toBeNull();
+  });
+});
+
 describe('reaping and replacing backends', () => {
   it('serverIdleTimeout closes a released backend', async () => {
     const tenant = await newTenant('idleto');

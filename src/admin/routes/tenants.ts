@@ -1,5 +1,6 @@
 // Tenant lifecycle over HTTP: the same TenantService as `pgtenant tenants`.
 import { emptyConnections } from '../../proxy/activity.js';
+import { MAX_POOL_SIZE } from '../../tenants/service.js';
 import type { TenantState } from '../../tenants/types.js';
 import type { AdminContext, AdminRoute } from '../context.js';
 import { badRequest } from '../errors.js';
@@ -81,18 +82,28 @@ export const tenantRoutes = (ctx: AdminContext): AdminRoute[] => [
   {
     method: 'PATCH',
     url: '/v1/tenants/:id',
-    summary: 'Suspend (new sessions refused at once; ?disconnect=true also ends open ones) or resume a tenant',
+    summary: "Suspend (new sessions refused at once; ?disconnect=true also ends open ones) or resume a tenant, or set its pool size",
     schema: {
       params: idParams,
       querystring: { type: 'object', additionalProperties: false, properties: { disconnect: { type: 'boolean', default: false } } },
-      body: { type: 'object', required: ['state'], additionalProperties: false, properties: { state: { type: 'string', enum: ['active', 'suspended'] } } },
+      body: {
+        type: 'object',
+        minProperties: 1,
+        additionalProperties: false,
+        properties: {
+          state: { type: 'string', enum: ['active', 'suspended'] },
+          poolSize: { type: ['integer', 'null'], minimum: 1, maximum: MAX_POOL_SIZE, description: "null: back to the proxy's --pool-size" },
+        },
+      },
       response: { 200: tenant },
     },
     handler: async (req) => {
       const { id } = req.params as { id: string };
-      const { state } = req.body as { state: TenantState };
+      const { state, poolSize } = req.body as { state?: TenantState; poolSize?: number | null };
       const { disconnect } = req.query as { disconnect: boolean };
-      return state === 'active' ? ctx.tenants.resume(id) : ctx.tenants.suspend(id, { disconnect });
+      let record = poolSize === undefined ? null : await ctx.tenants.setPoolSize(id, poolSize);
+      if (state) record = state === 'active' ? await ctx.tenants.resume(id) : await ctx.tenants.suspend(id, { disconnect });
+      return record;
     },
   },
   {

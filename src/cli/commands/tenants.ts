@@ -1,10 +1,10 @@
-// `pgtenant tenants create|list|show|suspend|resume|disconnect|drop|import`: the lifecycle service from the command line.
+// `pgtenant tenants create|list|show|set|suspend|resume|disconnect|drop|import`: the lifecycle service from the command line.
 import type { Argv } from 'yargs';
 import { migrationsDirFor, type OptionName } from '../../config.js';
 import { TenantService } from '../../tenants/service.js';
 import type { ImportResult } from '../../tenants/import.js';
 import type { TenantDetails, TenantRecord } from '../../tenants/types.js';
-import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, columns, type Command, type CommandContext } from '../command.js';
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, columns, type Command, type CommandContext } from '../command.js';
 import { withUpstream } from '../upstream.js';
 
 const OPTIONS: readonly OptionName[] = ['upstream', 'isolation', 'migrationsDir'];
@@ -25,6 +25,7 @@ function showLines(t: TenantDetails): string[] {
     `schema:   ${t.schema}`,
     `role:     ${t.role ?? '(shared login role: schema isolation)'}`,
     `version:  ${t.schemaVersion ?? '(no migration applied)'} (${t.migrationsApplied} applied)`,
+    `pool:     ${t.poolSize ?? "default (the proxy's --pool-size)"}`,
     `created:  ${t.createdAt.toISOString()}`,
     `updated:  ${t.updatedAt.toISOString()}`,
   ];
@@ -112,6 +113,19 @@ const disconnect = tenantCommand(
   async (svc, id) => `tenant ${(await svc.disconnect(id)).id}: every proxy was asked to end its sessions`,
 );
 
+const set = tenantCommand(
+  'set',
+  "Change a tenant's settings: --pool-size N (backends in its pools on each proxy) or --pool-size default",
+  async (svc, id, args) => {
+    const raw = String(args['pool-size']);
+    const size = raw === 'default' ? null : Number(raw);
+    if (size !== null && !/^\d+$/.test(raw)) throw new UsageError(`--pool-size: expected a whole number or 'default', got '${raw}'`);
+    const t = await svc.setPoolSize(id, size);
+    return `tenant ${t.id}: pool size ${t.poolSize ?? "default (the proxy's --pool-size)"}`;
+  },
+  (y) => idArg(y).option('pool-size', { type: 'string', demandOption: true, describe: "Backends per pool for this tenant, or 'default'" }),
+);
+
 const drop: Command = {
   command: 'drop <id>',
   describe: "Drop a tenant: its schema with all data, its role and its registry rows (needs --yes)",
@@ -171,7 +185,7 @@ const importSchemas: Command = {
 
 export const tenantsCommand: Command = {
   command: 'tenants',
-  describe: 'Create, list, show, suspend, resume, disconnect, drop and import tenants',
+  describe: 'Create, list, show, change, suspend, resume, disconnect, drop and import tenants',
   options: OPTIONS,
-  subcommands: [create, list, show, suspend, resume, disconnect, drop, importSchemas],
+  subcommands: [create, list, show, set, suspend, resume, disconnect, drop, importSchemas],
 };
