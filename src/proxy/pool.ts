@@ -80,6 +80,8 @@ export class BackendPool {
   private closed = false;
   private readonly reaper: NodeJS.Timeout;
   private waiting = 0;
+  /** Backends closed whose sockets have not closed yet (still counted in total). */
+  private closing = 0;
   private sweeper: NodeJS.Timeout | null = null;
   private readonly sweepEvery: number;
 
@@ -199,9 +201,7 @@ export class BackendPool {
     while (pool.idle.length > 0) {
       const backend = pool.idle.pop()!;
       if (!backend.alive || backend.hasPendingMessages) {
-        this.total--;
-        this.owner.delete(backend);
-        backend.close();
+        this.drop(backend);
         this.log.info({ tenant: pool.key.tenant }, 'idle backend was dead or spoke unprompted; replaced');
         continue;
       }
@@ -211,17 +211,21 @@ export class BackendPool {
     return null;
   }
 
-  /** True when one more backend may open, closing another pool's oldest idle backend if the global cap needs it. */
+  /**
+   * True when one more backend may open now. At the global cap, another pool's oldest idle backend is
+   * closed to make room, which comes once its server has gone (see drop): the caller waits for it.
+   */
   private makeRoom(): boolean {
-    if (this.limits.maxBackends === 0 || this.total < this.limits.maxBackends) return true;
+    if (!this.atGlobalCap()) return true;
+    // One eviction at a time: each frees the room for one waiter when its server is gone.
+    if (this.closing > 0) return false;
     let victim: KeyPool | null = null;
     for (const p of this.pools.values()) {
       const oldest = p.idle[0];
       if (oldest && (!victim || oldest.idleSince < victim.idle[0]!.idleSince)) victim = p;
     }
-    if (!victim) return false;
-    this.closeIdle(victim, 0);
-    return true;
+    if (victim) this.closeIdle(victim, 0);
+    return !this.atGlobalCap();
   }
 
   private async open(pool: KeyPool, open: Opener): Promise<BackendConnection> {
@@ -310,15 +314,24 @@ export class BackendPool {
 
   private closeIdle(pool: KeyPool, index: number): void {
     const [backend] = pool.idle.splice(index, 1) as [BackendConnection];
-    this.total--;
-    this.owner.delete(backend);
-    backend.close();
+    this.drop(backend);
   }
 
+  /**
+   * Closes a backend. It counts against the caps until its socket has closed, i.e. until the server has let
+   * it go: counting it free at once would let a new backend open while the old one still holds a connection
+   * slot, and the server would briefly see more than --max-backends.
+   */
   private drop(backend: BackendConnection): void {
-    this.total--;
     this.owner.delete(backend);
+    this.closing++;
     backend.close();
+    backend.whenClosed(() => {
+      this.closing--;
+      this.total--;
+      // Not from inside the pool's own bookkeeping: a socket already closed calls back at once.
+      queueMicrotask(() => this.dispatch());
+    });
   }
 
   /** True when a pool other than `except` waits for global room (it is below its own size). */

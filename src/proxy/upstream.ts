@@ -142,7 +142,11 @@ export class BackendConnection {
     else this.parser.parse(chunk, this.deliverMessage);
   };
   private readonly onDrain = () => this.sink?.drain();
+  private socketClosed = false;
+  private closedCallbacks: (() => void)[] = [];
   private readonly onClose = () => {
+    this.socketClosed = true;
+    for (const cb of this.closedCallbacks.splice(0)) cb();
     this.fail(connectionFailure('the upstream server closed the connection'));
     const sink = this.sink;
     if (sink) sink.closed();
@@ -229,6 +233,12 @@ export class BackendConnection {
   query(sql: string): Promise<void> {
     this.send(serialize.query(sql));
     return this.readUntilReady();
+  }
+
+  /** Calls `cb` once the socket has closed (at once if it has). */
+  whenClosed(cb: () => void): void {
+    if (this.socketClosed) cb();
+    else this.closedCallbacks.push(cb);
   }
 
   /** Hands the socket's events to a relay; null takes them back for parsing (resets, the pool's idle watch). */
