@@ -87,7 +87,16 @@ describe('lock_timeout', () => {
     await files.write('tenant', '20260101000002_add_done', 'ALTER TABLE items ADD COLUMN done boolean;');
     const lock = await holdLock();
     const run = cli('up', '--json', '--lock-timeout', '200', '--lock-retries', '10', '--tenant', ids[0]!);
-    await sleep(700);
+    // Released only once the migrator is seen waiting and its 200 ms lock_timeout has surely run out: under
+    // load the CLI may take longer than any fixed sleep to start.
+    const waiting = async () =>
+      (
+        await admin.query<{ n: number }>(
+          "SELECT count(*)::int AS n FROM pg_catalog.pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'ALTER TABLE%'",
+        )
+      ).rows[0]!.n > 0;
+    for (let i = 0; i < 300 && !(await waiting()); i++) await sleep(20);
+    await sleep(400);
     await lock.release();
     const r = await run;
     expect(r.code, r.stderr).toBe(0);
