@@ -78,6 +78,8 @@ export class Metrics implements ProxyObserver {
   private readonly sessionsStarted: Counter<'tenant'>;
   private readonly sessionsRefused: Counter<'reason'>;
   private readonly backendConnect: Histogram;
+  private readonly poolWait: Histogram;
+  private readonly poolWaitTimeouts: Counter;
   private readonly migrationTenants: Counter<'result'>;
   private readonly migrationJobs: Counter<'outcome'>;
   readonly adminRequests: Counter<'route' | 'status'>;
@@ -143,6 +145,18 @@ export class Metrics implements ProxyObserver {
       name: 'pgtenant_backend_connect_duration_seconds',
       help: 'Time to open a backend connection (TCP, and TLS where used)',
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    this.poolWait = new Histogram({
+      name: 'pgtenant_pool_wait_duration_seconds',
+      help: 'Time clients that found their pool full waited for a backend (served or timed out)',
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    });
+    this.poolWaitTimeouts = new Counter({
+      name: 'pgtenant_pool_wait_timeouts_total',
+      help: 'Clients refused with 53300 after --pool-wait-timeout, by tenant',
+      labelNames: ['tenant'],
       registers,
     });
     this.migrationJobs = new Counter({
@@ -223,6 +237,11 @@ export class Metrics implements ProxyObserver {
 
   backendConnected(seconds: number): void {
     this.backendConnect.observe(seconds);
+  }
+
+  backendWaited(tenant: string, seconds: number, timedOut: boolean): void {
+    this.poolWait.observe(seconds);
+    if (timedOut) this.poolWaitTimeouts.inc({ tenant: this.labels.of(tenant) });
   }
 
   migrationTenantFinished(result: TenantStatus): void {

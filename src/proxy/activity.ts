@@ -38,6 +38,8 @@ export interface ProxyObserver {
   sessionEnded(tenant: string | null, counters: SessionCounters): void;
   /** A backend connection was opened (TCP, and TLS where used), taking `seconds`. */
   backendConnected(seconds: number): void;
+  /** A client waited `seconds` for a backend from its tenant's pool, and got one or (timedOut) a 53300. */
+  backendWaited(tenant: string, seconds: number, timedOut: boolean): void;
 }
 
 export const NO_OBSERVER: ProxyObserver = Object.freeze({
@@ -45,6 +47,7 @@ export const NO_OBSERVER: ProxyObserver = Object.freeze({
   sessionRefused: () => undefined,
   sessionEnded: () => undefined,
   backendConnected: () => undefined,
+  backendWaited: () => undefined,
 });
 
 export function emptyConnections(tenant: string | null): TenantConnections {

@@ -1,5 +1,6 @@
 // Backend pools keyed by (tenant, role, database): per-pool and global caps, a fair wait queue, idle and lifetime reaping.
 import type { Logger } from '../logger.js';
+import { NO_OBSERVER, type ProxyObserver } from './activity.js';
 import { adminShutdown, tooManyConnections } from './errors.js';
 import type { BackendConnection } from './upstream.js';
 
@@ -40,6 +41,7 @@ interface Waiter {
   readonly reuse: boolean;
   resolve(b: BackendConnection): void;
   reject(e: Error): void;
+  readonly queuedAt: number;
   readonly deadline: number;
 }
 
@@ -88,6 +90,7 @@ export class BackendPool {
   constructor(
     private readonly limits: PoolLimits,
     private readonly log: Logger,
+    private readonly observer: Pick<ProxyObserver, 'backendWaited'> = NO_OBSERVER,
   ) {
     this.sweepEvery = Math.max(10, Math.min(100, limits.waitTimeout / 10));
     const every = Math.max(100, Math.min(1000, limits.idleTimeout / 2));
@@ -255,7 +258,8 @@ export class BackendPool {
 
   private wait(pool: KeyPool, open: Opener, reuse: boolean): Promise<BackendConnection> {
     return new Promise((resolve, reject) => {
-      pool.waiters.push({ open, reuse, resolve, reject, deadline: Date.now() + this.limits.waitTimeout });
+      const now = Date.now();
+      pool.waiters.push({ open, reuse, resolve, reject, queuedAt: now, deadline: now + this.limits.waitTimeout });
       this.waiting++;
       this.sweeper ??= setInterval(() => this.expireWaiters(), this.sweepEvery);
       this.joinRotation(pool);
@@ -274,6 +278,7 @@ export class BackendPool {
         if (w.deadline > now) continue;
         pool.waiters.splice(i--, 1);
         this.served();
+        this.waited(pool, w, true);
         w.reject(
           tooManyConnections(
             `no backend connection for tenant "${pool.key.tenant}" became free within ${this.limits.waitTimeout} ms`,
@@ -283,6 +288,10 @@ export class BackendPool {
       }
       this.leaveRotationIfDone(pool);
     }
+  }
+
+  private waited(pool: KeyPool, w: Waiter, timedOut: boolean): void {
+    this.observer.backendWaited(pool.key.tenant, (Date.now() - w.queuedAt) / 1000, timedOut);
   }
 
   /** One waiter fewer; the sweep stops with the last. */
@@ -299,6 +308,7 @@ export class BackendPool {
     if (i < 0) return false;
     const [w] = pool.waiters.splice(i, 1);
     this.served();
+    this.waited(pool, w!, false);
     pool.active++;
     this.leaveRotationIfDone(pool);
     w!.resolve(backend);
@@ -372,6 +382,7 @@ export class BackendPool {
       }
       pool.waiters.shift();
       this.served();
+      this.waited(pool, w, false);
       if (pool.waiters.length > 0) this.rotation.push(pool);
       this.open(pool, w.open).then(w.resolve, w.reject);
     }

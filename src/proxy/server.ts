@@ -70,6 +70,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     }
   }
   const tenants: TenantLookup = opts.tenants ?? directory!;
+  const observer = opts.observer ?? NO_OBSERVER;
   const pool = new BackendPool(
     {
       size: config.poolSize,
@@ -80,8 +81,8 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       lifetime: config.serverLifetime,
     },
     log.child({ component: 'pool' }),
+    observer,
   );
-  const observer = opts.observer ?? NO_OBSERVER;
   const deps: SessionDeps = {
     config,
     target: upstreamTarget(config.upstream),

@@ -303,6 +303,39 @@ class Relay {
   }
 }
 
+describe('pool waits', () => {
+  let fx: AdminFixture;
+  beforeAll(async () => {
+    fx = await adminFixture({ flags: { poolSize: 1, poolWaitTimeout: 300 } });
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  it('a client that waits and gets in is timed; one that times out is counted under its tenant', async () => {
+    const tenant = await newTenant(fx, 'wait');
+    const before = await scrape(fx);
+    const holder = await connectAs(fx, tenant);
+    try {
+      expect((await rejection(connectAs(fx, tenant))).code).toBe('53300');
+      // This one is served once the holder leaves, well within the timeout.
+      const waiting = connectAs(fx, tenant);
+      await sleep(50);
+      await holder.end();
+      await (await waiting).end();
+    } catch (err) {
+      await holder.end().catch(() => undefined);
+      throw err;
+    }
+    const after = await scrape(fx);
+    const count = (s: Sample[]) => sampleValue(s, 'pgtenant_pool_wait_duration_seconds_count', {});
+    expect(count(after) - count(before)).toBe(2);
+    expect(sampleValue(after, 'pgtenant_pool_wait_timeouts_total', { tenant }) - sampleValue(before, 'pgtenant_pool_wait_timeouts_total', { tenant })).toBe(1);
+    // The timed-out wait lasted at least the timeout.
+    expect(sampleValue(after, 'pgtenant_pool_wait_duration_seconds_sum', {}) - sampleValue(before, 'pgtenant_pool_wait_duration_seconds_sum', {})).toBeGreaterThanOrEqual(0.3);
+  });
+});
+
 describe('/readyz follows the upstream', () => {
   let fx: AdminFixture;
   let relay: Relay;
