@@ -2,7 +2,7 @@
 import type { Logger } from '../logger.js';
 import { NO_OBSERVER, type ProxyObserver } from './activity.js';
 import { adminShutdown, tooManyConnections } from './errors.js';
-import type { BackendConnection } from './upstream.js';
+import { BackendStatements, type BackendConnection, type StatementEpoch } from './upstream.js';
 
 /** What identifies interchangeable backends: only these share a backend, so tenants never do. */
 export interface PoolKey {
@@ -55,6 +55,8 @@ class KeyPool {
   opener: Opener | null = null;
   /** Set when the tenant was disconnected: backends in use then are closed on release, not reused. */
   retired = false;
+  /** Shared by the pool's backends: bumped when their prepared statements must be prepared afresh. */
+  readonly statementEpoch: StatementEpoch = { value: 0 };
 
   constructor(
     readonly id: string,
@@ -246,6 +248,7 @@ export class BackendPool {
     pool.opening--;
     pool.active++;
     this.owner.set(backend, pool);
+    backend.statements = new BackendStatements(pool.statementEpoch);
     // An idle backend is watched: one the server closes (restart, pg_terminate_backend) leaves at once.
     backend.onIdleClose = () => {
       const i = pool.idle.indexOf(backend);

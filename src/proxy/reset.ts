@@ -52,7 +52,7 @@ export async function resetBackend(
       (async () => {
         if (state === 'idle_in_transaction') await backend.query('ROLLBACK');
         await backend.query('DISCARD ALL');
-        backend.prepared.clear();
+        backend.statements.forget();
         backend.applied.clear();
         backend.settingsKey = '';
       })(),

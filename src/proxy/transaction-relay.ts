@@ -66,7 +66,7 @@ export class TransactionRelay {
   private captureWant = 0;
   private wantStatus = false;
   private readonly out: Buffer[] = [];
-  private readonly forgetStatement = (name: string) => this.backend?.prepared.delete(name);
+  private readonly forgetStatement = (name: string) => this.backend?.statements.names.delete(name);
   private readonly writer = new BackendWriter(64);
   /** A warning for the client about something transaction mode cannot carry, sent at the next boundary. */
   private pendingNotice: string | null = null;
@@ -229,8 +229,10 @@ export class TransactionRelay {
   private fromClient(chunk: Buffer): void {
     if (this.clientStream.terminated) return;
     const backend = this.backend!;
+    // Another client of the pool may have found the plans stale since this backend's last chunk.
+    backend.statements.refresh();
     try {
-      this.write(backend.socket, this.client, this.clientStream.process(chunk, backend.prepared));
+      this.write(backend.socket, this.client, this.clientStream.process(chunk, backend.statements.names));
     } catch (err) {
       // Whatever went wrong, it ends this client only.
       const pgErr = err instanceof PgError ? err : new PgError('XX000', 'internal error in pgtenant while relaying');
@@ -343,11 +345,12 @@ export class TransactionRelay {
       const effect = tagEffect(bytes.toString('latin1', 0, nul < 0 ? bytes.length : nul));
       if (!effect) return;
       this.dirty = true;
-      if (effect.forgetsStatements) this.backend?.prepared.clear();
+      if (effect.forgetsStatements) this.backend?.statements.forget();
       this.pendingNotice ??= effect.warning;
-    } else if (bytes.indexOf(SQLSTATE_FEATURE_NOT_SUPPORTED) >= 0) {
-      // "cached plan must not change result type" after a migration: prepare afresh next time.
-      this.backend?.prepared.clear();
+    } else if (bytes.indexOf(SQLSTATE_FEATURE_NOT_SUPPORTED) >= 0 && this.backend) {
+      // "cached plan must not change result type" after a migration: every backend of the pool prepares
+      // afresh, so the tenant's clients see the error once, not once per backend.
+      this.backend.statements.expire();
       this.dirty = true;
     }
   }

@@ -101,6 +101,39 @@ const TERMINATE = Buffer.from([0x58, 0, 0, 0, 4]);
 
 type Message = BackendMessage & Record<string, unknown>;
 
+/** A pool's shared clock for prepared statements: bumped when they must be prepared afresh everywhere. */
+export interface StatementEpoch {
+  value: number;
+}
+
+/** The server names of the statements prepared on one backend, valid as of an epoch of its pool. */
+export class BackendStatements {
+  readonly names = new Set<string>();
+  private seen: number;
+
+  constructor(private readonly epoch: StatementEpoch = { value: 0 }) {
+    this.seen = epoch.value;
+  }
+
+  /** Forgets them when the pool's epoch moved on since they were prepared. */
+  refresh(): void {
+    if (this.seen === this.epoch.value) return;
+    this.names.clear();
+    this.seen = this.epoch.value;
+  }
+
+  /** The server dropped them (DISCARD ALL, DEALLOCATE): they are prepared again on next use. */
+  forget(): void {
+    this.names.clear();
+  }
+
+  /** Their plans went stale (a migration changed a result type): every backend of the pool prepares afresh. */
+  expire(): void {
+    this.epoch.value++;
+    this.refresh();
+  }
+}
+
 /** Where a relaying backend's socket events go while a relay owns it. */
 export interface BackendSink {
   data(chunk: Buffer): void;
@@ -127,8 +160,8 @@ export class BackendConnection {
   onIdleClose: (() => void) | null = null;
   /** The server's ParameterStatus values, as of the last time the connection was attached. */
   readonly parameters = new Map<string, string>();
-  /** Statements the transaction-mode relay prepared here, by server name; DISCARD ALL empties it. */
-  readonly prepared = new Set<string>();
+  /** Statements the transaction-mode relay prepared here (DISCARD ALL empties it; the pool can expire it). */
+  statements = new BackendStatements();
   /** Settings the proxy gave this session for its clients (set_config); DISCARD ALL empties it. */
   readonly applied = new Map<string, string>();
   /** Which client settings are all in place (a session's settings key), so equal ones cost no comparison. */

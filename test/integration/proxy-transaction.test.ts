@@ -479,6 +479,40 @@ describe('a migration under a cached plan', () => {
   });
 });
 
+describe('a migration under cached plans on two backends', () => {
+  it('the tenant sees the error once: the other backend prepares afresh before its next use', async () => {
+    const tenant = await newTenant('plans');
+    const [c1, c2] = [await connect(pair, tenant), await connect(pair, tenant)];
+    const q = { name: 'all', text: 'SELECT * FROM items ORDER BY id' };
+    try {
+      // Both inside a transaction at once: each holds one of the pool's two backends, and prepares there.
+      await Promise.all([c1.query('BEGIN'), c2.query('BEGIN')]);
+      const pids = new Set([await pidOf(c1), await pidOf(c2)]);
+      expect(pids.size).toBe(2);
+      await Promise.all([c1.query(q), c2.query(q)]);
+      await Promise.all([c1.query('COMMIT'), c2.query('COMMIT')]);
+      await fx.admin.query(`ALTER TABLE "${tenant}".items ADD COLUMN extra int`);
+      const failures: string[] = [];
+      for (let round = 0; round < 3; round++) {
+        await Promise.all([c1.query('BEGIN'), c2.query('BEGIN')]);
+        for (const c of [c1, c2]) {
+          try {
+            expect((await c.query(q)).fields.map((f) => f.name)).toContain('extra');
+            await c.query('COMMIT');
+          } catch (err) {
+            failures.push(`${(err as { code?: string }).code}: ${(err as Error).message}`);
+            await c.query('ROLLBACK');
+          }
+        }
+      }
+      expect(failures.length, failures.join('\n')).toBe(1);
+      expect(failures[0]).toMatch(/^0A000/);
+    } finally {
+      await Promise.all([c1.end(), c2.end()]);
+    }
+  });
+});
+
 describe('startup settings in every transaction', () => {
   let tenant: string;
   beforeAll(async () => {
