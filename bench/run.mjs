@@ -4,7 +4,7 @@ import { cpus, loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { findExecutable, initTables, runSelectOnly } from './lib/pgbench.mjs';
+import { findExecutable, initTables, pgbenchArgs, runSelectOnly } from './lib/pgbench.mjs';
 import { ensurePgbouncer, pgbouncerVersion, startPgbouncer } from './lib/pgbouncer.mjs';
 import { startProxy } from './lib/pgtenant.mjs';
 import { installExitHandlers, isStopping, runCommand, runMain } from './lib/processes.mjs';
@@ -22,6 +22,8 @@ const WORKLOADS = [
   { pool: 'session', mode: 'simple', clients: 20, threads: 2 },
   { pool: 'session', mode: 'extended', clients: 1, threads: 1 },
   { pool: 'session', mode: 'extended', clients: 20, threads: 2 },
+  // Connection churn: a new connection (and login) per transaction.
+  { pool: 'session', mode: 'simple', clients: 20, threads: 2, connect: true },
   { pool: 'transaction', mode: 'simple', clients: 20, threads: 2 },
   { pool: 'transaction', mode: 'simple', clients: 200, threads: 2 },
   { pool: 'transaction', mode: 'extended', clients: 20, threads: 2 },
@@ -32,14 +34,17 @@ const poolSizeFor = (pool) => (pool === 'transaction' ? TRANSACTION_POOL_SIZE : 
 
 const log = (line) => process.stdout.write(line + '\n');
 
-function benchSeconds() {
-  const raw = process.env.PGTENANT_BENCH_SECONDS ?? '10';
+function wholeNumberFromEnv(name, fallback, min, max) {
+  const raw = process.env[name] ?? String(fallback);
   const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1 || n > 300) {
-    throw new Error(`PGTENANT_BENCH_SECONDS must be a whole number of seconds from 1 to 300, got '${raw}'`);
-  }
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be a whole number from ${min} to ${max}, got '${raw}'`);
   return n;
 }
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
 
 async function serverVersion(url) {
   const client = new pg.Client({ connectionString: url });
@@ -81,29 +86,60 @@ async function startTargets(serverPort, password, upstreamUrl) {
   return { targets, notes };
 }
 
-async function measure(pgbench, conn, targets, seconds) {
+/**
+ * Each cell is the median of `runs` runs; the targets take turns within each round, so drift on a busy
+ * machine (other load, thermal limits) falls on all of them alike rather than on whichever ran last.
+ */
+async function measure(pgbench, conn, targets, seconds, runs) {
   const rows = [];
   for (const w of WORKLOADS) {
-    const row = { workload: `${w.pool} select-only ${w.mode}`, pool: w.pool, mode: w.mode, clients: w.clients, threads: w.threads, targets: {} };
-    for (const name of TARGETS) {
-      const target = targets[w.pool][name];
-      if (isStopping()) throw new Error('stopped before the runs finished');
-      if (!target) continue;
-      try {
-        const r = await runSelectOnly(pgbench, { ...conn, port: target.port }, { ...w, seconds });
-        row.targets[name] = r;
-        log(`  ${row.workload.padEnd(32)} c=${String(w.clients).padStart(3)}  ${name.padEnd(9)}  ${r.tps.toFixed(0).padStart(7)} tps  ${r.latencyMs.toFixed(3)} ms`);
-      } catch (err) {
-        if (isStopping()) throw err;
-        const died = target.child && target.child.exitCode !== null ? `\n${name} exited; its output:\n${target.child.output.text.trim()}` : '';
-        row.targets[name] = { error: err.message + died };
-        log(`  ${row.workload.padEnd(32)} c=${String(w.clients).padStart(3)}  ${name.padEnd(9)}  FAILED: ${err.message}${died}`);
+    const label = `${w.pool} select-only ${w.mode}${w.connect ? ' -C' : ''}`;
+    const row = {
+      workload: label,
+      pool: w.pool,
+      mode: w.mode,
+      clients: w.clients,
+      threads: w.threads,
+      connect: Boolean(w.connect),
+      command: `pgbench ${pgbenchArgs({ ...w, seconds }).join(' ')}`,
+      targets: {},
+    };
+    const samples = {};
+    for (let run = 0; run < runs; run++) {
+      for (const name of TARGETS) {
+        const target = targets[w.pool][name];
+        if (isStopping()) throw new Error('stopped before the runs finished');
+        if (!target || row.targets[name]?.error) continue;
+        try {
+          const r = await runSelectOnly(pgbench, { ...conn, port: target.port }, { ...w, seconds });
+          (samples[name] ??= []).push(r);
+          log(`  ${label.padEnd(35)} c=${String(w.clients).padStart(3)}  ${name.padEnd(9)}  run ${run + 1}/${runs}  ${r.tps.toFixed(0).padStart(7)} tps  ${r.latencyMs.toFixed(3)} ms`);
+        } catch (err) {
+          if (isStopping()) throw err;
+          const died = target.child && target.child.exitCode !== null ? `\n${name} exited; its output:\n${target.child.output.text.trim()}` : '';
+          row.targets[name] = { error: err.message + died };
+          log(`  ${label.padEnd(35)} c=${String(w.clients).padStart(3)}  ${name.padEnd(9)}  FAILED: ${err.message}${died}`);
+        }
       }
+    }
+    for (const [name, rs] of Object.entries(samples)) {
+      if (row.targets[name]?.error) continue;
+      row.targets[name] = { tps: median(rs.map((r) => r.tps)), latencyMs: median(rs.map((r) => r.latencyMs)), runs: rs };
     }
     row.ratios = { pgtenantOverPgbouncer: ratio(row, 'pgbouncer'), pgtenantOverDirect: ratio(row, 'direct') };
     rows.push(row);
   }
   return rows;
+}
+
+/** What a proxy adds to a one-client round trip, in microseconds: median latency minus direct's, per workload. */
+function addedLatency(rows) {
+  return rows
+    .filter((r) => r.clients === 1 && r.targets.direct?.latencyMs != null)
+    .map((r) => {
+      const over = (name) => (r.targets[name]?.latencyMs != null ? Math.round((r.targets[name].latencyMs - r.targets.direct.latencyMs) * 1000) : null);
+      return { workload: r.workload, pgbouncerUs: over('pgbouncer'), pgtenantUs: over('pgtenant') };
+    });
 }
 
 async function main() {
@@ -112,8 +148,9 @@ async function main() {
     process.stderr.write('bench: pgbench is not on PATH. Install it with: apt-get install postgresql-client\n');
     return 1;
   }
-  const seconds = benchSeconds();
-  installExitHandlers((600 + TARGETS.length * WORKLOADS.length * (seconds + 30)) * 1000);
+  const seconds = wholeNumberFromEnv('PGTENANT_BENCH_SECONDS', 5, 1, 300);
+  const runs = wholeNumberFromEnv('PGTENANT_BENCH_RUNS', 3, 1, 15);
+  installExitHandlers((600 + runs * TARGETS.length * WORKLOADS.length * (seconds + 30)) * 1000);
   const startedAt = new Date().toISOString();
   const load = loadavg()[0];
 
@@ -131,10 +168,12 @@ async function main() {
   // One unrecorded run so the first measured target does not pay for a cold cache.
   await runSelectOnly(pgbench, { ...conn, port }, { mode: 'simple', clients: 4, threads: 2, seconds: Math.min(3, seconds) });
 
-  log(`running ${WORKLOADS.length} workloads x ${TARGETS.length} targets, ${seconds} s each (transaction pool size ${TRANSACTION_POOL_SIZE})...`);
-  const rows = await measure(pgbench, conn, targets, seconds);
+  log(`running ${WORKLOADS.length} workloads x ${TARGETS.length} targets x ${runs} runs, ${seconds} s each (transaction pool size ${TRANSACTION_POOL_SIZE})...`);
+  const rows = await measure(pgbench, conn, targets, seconds, runs);
+  const added = addedLatency(rows);
   const shown = TARGETS.filter((t) => POOL_MODES.some((p) => targets[p][t]) || t === 'pgtenant');
-  log('\n' + formatTable(rows, shown));
+  log(`\nmedians of ${runs} runs of ${seconds} s:\n` + formatTable(rows, shown));
+  for (const a of added) log(`added latency, ${a.workload}, 1 client: PgBouncer ${a.pgbouncerUs ?? '-'} us, pgtenant ${a.pgtenantUs ?? '-'} us`);
   for (const [name, note] of Object.entries(notes)) log(`note: ${name}: ${note.split('\n')[0]}`);
 
   const pgbenchVersion = (await runCommand(pgbench, ['--version'])).stdout.trim();
@@ -142,6 +181,8 @@ async function main() {
   writeJson(out, {
     startedAt,
     seconds,
+    runs,
+    addedLatency: added,
     scale: SCALE,
     machine: { cpus: cpus().length, loadAverage1m: load, node: process.version },
     versions: { server: await serverVersion(server.url), pgbench: pgbenchVersion, pgbouncer: targets.session.pgbouncer?.version ?? null },

@@ -34,7 +34,8 @@ export function parsePgbenchOutput(text) {
     return m ? Number(m[1]) : null;
   };
   return {
-    tps: num(/^tps = ([\d.]+) \(without initial connection time\)/m),
+    // With -C (a connection per transaction) pgbench reports tps including the reconnections.
+    tps: num(/^tps = ([\d.]+) \((?:without initial connection time|including reconnection times)\)/m),
     latencyMs: num(/^latency average = ([\d.]+) ms/m),
     transactions: num(/^number of transactions actually processed: (\d+)/m),
     failed: num(/^number of failed transactions: (\d+)/m),
@@ -47,9 +48,14 @@ export async function initTables(pgbench, conn, scale) {
   if (r.code !== 0) throw new Error(`pgbench -i failed (exit ${r.code}):\n${r.stderr.trim()}`);
 }
 
+/** The select-only invocation; `connect` adds -C, a new connection for every transaction. */
+export function pgbenchArgs({ mode, clients, threads, seconds, connect = false }) {
+  return ['-S', '-n', ...(connect ? ['-C'] : []), '-M', mode, '-c', String(clients), '-j', String(threads), '-T', String(seconds)];
+}
+
 /** One select-only run; resolves with parsed numbers, or throws with pgbench's own words. */
-export async function runSelectOnly(pgbench, conn, { mode, clients, threads, seconds }) {
-  const args = ['-S', '-n', '-M', mode, '-c', String(clients), '-j', String(threads), '-T', String(seconds)];
+export async function runSelectOnly(pgbench, conn, { mode, clients, threads, seconds, connect = false }) {
+  const args = pgbenchArgs({ mode, clients, threads, seconds, connect });
   const r = await runCommand(pgbench, args, { env: libpqEnv(conn), timeoutMs: (seconds + 60) * 1000 });
   const parsed = parsePgbenchOutput(r.stdout);
   if (r.code !== 0 || parsed.tps === null) {
