@@ -1,4 +1,5 @@
 // Transaction pool mode against the real server: fan-in under a global cap, session-state leaks, named statements across backends, pgbench, and raw-protocol framing.
+import { spawn } from 'node:child_process';
 import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import net from 'node:net';
@@ -284,6 +285,36 @@ describe('named prepared statements across backends', () => {
     } finally {
       await Promise.all(clients.map((c) => c.end()));
     }
+  });
+});
+
+describe.runIf(hasBinary('psql'))(titleNeeding('COPY through a transaction-mode proxy', 'psql'), () => {
+  // The copy's data messages follow the Query that started it: the backend stays linked until its ReadyForQuery.
+  it('COPY FROM STDIN and COPY TO STDOUT round-trip 20,000 rows, and a failed COPY leaves the backend usable', async () => {
+    const tenant = await newTenant('copy');
+    const url = single.url(tenant, PASSWORD);
+    const psql = (args: string[], input?: string) =>
+      new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+        const child = spawn('psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', url, ...args]);
+        let stdout = '';
+        let stderr = '';
+        child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+        child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+        child.once('close', (code) => resolve({ code, stdout, stderr }));
+        child.stdin.end(input ?? '');
+      });
+    const lines = Array.from({ length: 20_000 }, (_, i) => `${i}\trow ${i}`).join('\n') + '\n';
+    expect((await psql(['-c', 'CREATE TABLE copied (i int, t text)'])).code).toBe(0);
+    const into = await psql(['-c', '\\copy copied FROM STDIN'], lines);
+    expect(into.code, into.stderr).toBe(0);
+    const out = await psql(['-c', '\\copy copied TO STDOUT']);
+    expect(out.code, out.stderr).toBe(0);
+    expect(out.stdout).toBe(lines);
+    const bad = await psql(['-c', '\\copy copied FROM STDIN'], 'not-a-number\tx\n');
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/invalid input syntax/);
+    const count = await psql(['-A', '-t', '-c', 'SELECT count(*) FROM copied']);
+    expect(count.stdout.trim()).toBe('20000');
   });
 });
 
