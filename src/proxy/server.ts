@@ -6,6 +6,7 @@ import { redactUrl, type Config } from '../config.js';
 import type { Logger } from '../logger.js';
 import { TenantDirectory } from '../tenants/directory.js';
 import { emptyConnections, NO_OBSERVER, type ProxyObserver, type TenantConnections } from './activity.js';
+import { tlsServerEndPoint } from './auth/channel-binding.js';
 import { CancelRegistry } from './cancel.js';
 import { adminShutdown } from './errors.js';
 import { BackendPool } from './pool.js';
@@ -36,9 +37,11 @@ export interface ProxyOptions {
   readonly observer?: ProxyObserver;
 }
 
-function loadSecureContext(config: Config): tls.SecureContext | null {
-  if (!config.tlsCert || !config.tlsKey) return null;
-  return tls.createSecureContext({ cert: readFileSync(config.tlsCert), key: readFileSync(config.tlsKey) });
+/** The client TLS context and the certificate's channel-binding data, when a certificate is configured. */
+function loadTls(config: Config): { secureContext: tls.SecureContext | null; tlsEndPoint: Buffer | null } {
+  if (!config.tlsCert || !config.tlsKey) return { secureContext: null, tlsEndPoint: null };
+  const cert = readFileSync(config.tlsCert);
+  return { secureContext: tls.createSecureContext({ cert, key: readFileSync(config.tlsKey) }), tlsEndPoint: tlsServerEndPoint(cert) };
 }
 
 /** Resolves when every live session has ended, or after `ms`, whichever is first. */
@@ -89,7 +92,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     tenants,
     cancels: new CancelRegistry(),
     pool,
-    secureContext: loadSecureContext(config),
+    ...loadTls(config),
     observer,
     log,
   };

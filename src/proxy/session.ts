@@ -50,6 +50,8 @@ export interface SessionDeps {
   readonly cancels: CancelRegistry;
   readonly pool: BackendPool;
   readonly secureContext: tls.SecureContext | null;
+  /** tls-server-end-point of the proxy's certificate, for SCRAM-SHA-256-PLUS; null when it allows none. */
+  readonly tlsEndPoint: Buffer | null;
   readonly observer: ProxyObserver;
   readonly log: Logger;
 }
@@ -257,7 +259,7 @@ export class Session {
       // Asked for unknown tenants too: when the auth query fails, every login fails alike, telling no tenant apart.
       const found = await this.roleSecret(loginRole ?? user);
       secret = loginRole ? found : null;
-      credentials = await authenticateClient(this.client, this.writer, user, secret);
+      credentials = await authenticateClient(this.client, this.writer, user, secret, this.encrypted ? this.deps.tlsEndPoint : null);
     }
     // The password is proven: now it is safe to say what is wrong with the tenant. Look again, since
     // a suspend or drop may have landed while the client was answering the challenge.

@@ -167,6 +167,34 @@ describe.runIf(haveOpenssl)(titleNeeding('client TLS', 'openssl'), () => {
     expect(messages[0]?.body.readInt32BE(0)).toBe(10);
   });
 
+  /** The SASL mechanisms of the first challenge a raw TLS startup as `user` gets. */
+  async function mechanismsOffered(user: string): Promise<string[]> {
+    const secure = await rawTls(allow);
+    const first = new Promise<Buffer>((resolve) => secure.once('data', resolve));
+    secure.write(startupMessage({ user, database: fx.db.name }));
+    const { messages } = parseMessages(await first);
+    secure.destroy();
+    expect(messages[0]?.body.readInt32BE(0)).toBe(10);
+    return messages[0]!.body.subarray(4).toString('utf8').split('\0').filter(Boolean);
+  }
+
+  it('offers SCRAM-SHA-256-PLUS inside TLS, to known and unknown tenants alike', async () => {
+    expect(await mechanismsOffered(tenant)).toEqual(['SCRAM-SHA-256-PLUS', 'SCRAM-SHA-256']);
+    expect(await mechanismsOffered(uniqueTenantId('nobody'))).toEqual(['SCRAM-SHA-256-PLUS', 'SCRAM-SHA-256']);
+  });
+
+  it('pg with enableChannelBinding binds to the proxy\'s certificate (SCRAM-SHA-256-PLUS) and logs in', async () => {
+    const c = await connectPg({ ...allow.clientConfig(tenant, PASSWORD), ssl: { rejectUnauthorized: false }, enableChannelBinding: true } as pg.ClientConfig);
+    try {
+      expect((await c.query('SELECT current_user AS u')).rows).toEqual([{ u: tenant }]);
+    } finally {
+      await c.end();
+    }
+    // And a wrong password over -PLUS is still a wrong password.
+    const err = await rejection(connectPg({ ...allow.clientConfig(tenant, 'wrong-password-00'), ssl: { rejectUnauthorized: false }, enableChannelBinding: true } as pg.ClientConfig));
+    expect(err.code).toBe('28P01');
+  });
+
   it('a CancelRequest sent inside TLS cancels the query of a TLS session', async () => {
     const c = await tlsClient(allow);
     try {
@@ -211,6 +239,12 @@ describe.runIf(haveOpenssl)(titleNeeding('client TLS', 'openssl'), () => {
       expect(r.stderr).toBe('');
       expect(r.stdout).toContain(tenant);
       expect(r.stdout).toMatch(/SSL connection/);
+    });
+
+    it('channel_binding=require logs in over TLS (libpq checks the binding to the proxy\'s certificate)', async () => {
+      const r = await run('psql', ['-X', '-A', '-t', '-d', allow.url(tenant, PASSWORD, { sslmode: 'require', channel_binding: 'require' }), '-c', 'SELECT current_user']);
+      expect(r.stderr).toBe('');
+      expect(r.stdout.trim()).toBe(tenant);
     });
 
     it('sslmode=disable against --client-tls require fails with a message naming TLS', async () => {

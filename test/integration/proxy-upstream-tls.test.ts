@@ -141,8 +141,8 @@ describe.runIf(hasBinary('openssl'))(titleNeeding('upstream TLS', 'openssl'), ()
       await c.end();
     });
 
-    // The proxy is the SCRAM server and offers no -PLUS mechanism, so a client able to bind says "y" and logs in.
-    it('pg over TLS that supports channel binding (SCRAM gs2 flag "y") logs in with proxy-side authentication', async () => {
+    // The proxy is the SCRAM server: the client binds to the proxy's own certificate (-PLUS), whatever the upstream leg.
+    it('pg over TLS with channel binding logs in with proxy-side authentication, TLS on both legs', async () => {
       const c = await connectPg(cfg(p, { ssl: { rejectUnauthorized: false }, enableChannelBinding: true } as pg.ClientConfig));
       expect((await c.query('SELECT current_user AS u')).rows).toEqual([{ u: tenant }]);
       await c.end();

@@ -30,7 +30,7 @@ const rfcSecret = (): ScramSecret => parseScramSecret(scramVerifier(RFC.password
 const hmac = (key: Buffer, text: string) => createHmac('sha256', key).update(text).digest();
 
 /** A client written from RFC 5802 alone, holding the password, to check the exchange independently. */
-function passwordClient(password: string, nonce = 'fyko+d2lbbFgONRv9qkxdawL', gs2 = 'n,,') {
+function passwordClient(password: string, nonce = 'fyko+d2lbbFgONRv9qkxdawL', gs2 = 'n,,', cbind: Buffer = Buffer.alloc(0)) {
   const bare = `n=someone,r=${nonce}`;
   let salted: Buffer | undefined;
   let authMessage = '';
@@ -40,7 +40,7 @@ function passwordClient(password: string, nonce = 'fyko+d2lbbFgONRv9qkxdawL', gs
       const sf = serverFirst.toString('utf8');
       const attrs = Object.fromEntries(sf.split(',').map((p) => [p[0], p.slice(2)]));
       salted = pbkdf2Sync(password, Buffer.from(attrs.s!, 'base64'), Number(attrs.i), 32, 'sha256');
-      const withoutProof = `c=${Buffer.from(gs2).toString('base64')},r=${attrs.r}`;
+      const withoutProof = `c=${Buffer.concat([Buffer.from(gs2), cbind]).toString('base64')},r=${attrs.r}`;
       authMessage = `${bare},${sf},${withoutProof}`;
       const clientKey = hmac(salted, 'Client Key');
       const signature = hmac(createHash('sha256').update(clientKey).digest(), authMessage);
@@ -373,5 +373,38 @@ describe('MD5', () => {
     expect(verifyMd5Response(secret, salt, expected + 'x')).toBe(false);
     expect(verifyMd5Response(secret, salt, '')).toBe(false);
     expect(verifyMd5Response(secret, salt, 'secret')).toBe(false);
+  });
+});
+
+describe('channel binding (SCRAM-SHA-256-PLUS)', () => {
+  const endPoint = createHash('sha256').update('the proxy certificate').digest();
+  const plus = { offered: true, selected: true, endPoint };
+  const exchange = (binding: { offered: boolean; selected: boolean; endPoint: Buffer | null }, gs2: string, cbind?: Buffer) => {
+    const client = passwordClient(RFC.password, undefined, gs2, cbind);
+    const server = new ScramServerExchange(rfcSecret(), undefined, binding);
+    return () => server.clientFinal(client.final(server.serverFirst(client.first())));
+  };
+
+  it('accepts a client bound to the same certificate, and recovers the same keys', () => {
+    const result = exchange(plus, 'p=tls-server-end-point,,', endPoint)();
+    expect(result).not.toBeNull();
+    expect(result!.keys.clientKey).toEqual(recoveredKeys(rfcSecret(), RFC.password).clientKey);
+  });
+
+  it('refuses binding data for another certificate: the client talks to someone else', () => {
+    const err = pgErrorOf(exchange(plus, 'p=tls-server-end-point,,', createHash('sha256').update('a man in the middle').digest()));
+    expect(err).toMatchObject({ code: '08P01', message: 'SCRAM channel binding check failed' });
+  });
+
+  it('refuses -PLUS without binding data, and binding types other than tls-server-end-point', () => {
+    expect(pgErrorOf(exchange(plus, 'n,,')).code).toBe('08P01');
+    const err = pgErrorOf(exchange(plus, 'p=tls-unique,,'));
+    expect(`${err.code} ${err.detail}`).toMatch(/^08P01 unsupported SCRAM channel-binding type/);
+  });
+
+  it('treats "y" as a downgrade when -PLUS was offered, and as honest when it was not', () => {
+    const err = pgErrorOf(exchange({ offered: true, selected: false, endPoint }, 'y,,'));
+    expect(err).toMatchObject({ code: '08P01', message: 'SCRAM channel binding negotiation error' });
+    expect(exchange({ offered: false, selected: false, endPoint: null }, 'y,,')()).not.toBeNull();
   });
 });

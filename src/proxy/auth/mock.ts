@@ -13,8 +13,14 @@ const MOCK_SECRET = randomBytes(32);
  * Goes through SCRAM-SHA-256 as Postgres does for a role that does not exist, then
  * fails with the same 28P01 it gives for a wrong password.
  */
-export async function mockAuthentication(client: ClientConnection, user: string, writer: BackendWriter): Promise<never> {
-  client.write(writer.authenticationSASL(['SCRAM-SHA-256']).flush());
+export async function mockAuthentication(
+  client: ClientConnection,
+  user: string,
+  writer: BackendWriter,
+  mechanisms: readonly string[] = ['SCRAM-SHA-256'],
+): Promise<never> {
+  // The same mechanisms a real role would be offered on this connection, -PLUS included.
+  client.write(writer.authenticationSASL(mechanisms).flush());
   const first = await client.readMessage(Frontend.PasswordMessage, 'SASLInitialResponse');
   const { response } = parseSASLInitialResponse(first.body);
   const nonce = /(?:^|,)r=([^,]+)/.exec(response?.toString('utf8') ?? '')?.[1];

@@ -72,7 +72,19 @@ function attribute(part: string | undefined, name: string, where: string, fail: 
   return part.slice(2);
 }
 
-/** Server side of one SCRAM-SHA-256 exchange with one client, checked against the role's secret. */
+/** What the server offered and the client chose, for channel binding. */
+export interface ChannelBinding {
+  /** SCRAM-SHA-256-PLUS was offered (the client's connection is TLS and the certificate allows it). */
+  readonly offered: boolean;
+  /** The client chose SCRAM-SHA-256-PLUS. */
+  readonly selected: boolean;
+  /** The tls-server-end-point data of the proxy's certificate, when offered. */
+  readonly endPoint: Buffer | null;
+}
+
+const NO_BINDING: ChannelBinding = { offered: false, selected: false, endPoint: null };
+
+/** Server side of one SCRAM-SHA-256(-PLUS) exchange with one client, checked against the role's secret. */
 export class ScramServerExchange {
   private readonly serverNonce: string;
   private state: 'initial' | 'first-sent' | 'done' = 'initial';
@@ -85,6 +97,7 @@ export class ScramServerExchange {
   constructor(
     private readonly secret: ScramSecret,
     serverNonce: string = randomBytes(NONCE_BYTES).toString('base64'),
+    private readonly binding: ChannelBinding = NO_BINDING,
   ) {
     if (!NONCE.test(serverNonce)) throw new TypeError('a SCRAM nonce must be printable ASCII without commas');
     this.serverNonce = serverNonce;
@@ -92,7 +105,7 @@ export class ScramServerExchange {
 
   /**
    * client-first-message (the SASLInitialResponse data) -> server-first-message.
-   * Throws PgError 08P01 when malformed or asking for channel binding (never offered: no -PLUS mechanism),
+   * Throws PgError 08P01 when malformed or when its channel-binding flag does not fit what was offered and chosen,
    * 0A000 for an authorization identity or a mandatory extension, as PostgreSQL does.
    * The username in n= is ignored, as PostgreSQL ignores it: the startup packet's user is the one that counts.
    */
@@ -101,11 +114,7 @@ export class ScramServerExchange {
     const text = messageText(clientFirst, 'client-first-message', malformed);
     const parts = text.split(',');
     const flag = parts[0]!;
-    // 'y' means "I could bind but the server did not offer it", which is true: it is no downgrade.
-    if (flag.startsWith('p')) {
-      throw malformed('The client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data.');
-    }
-    if (flag !== 'n' && flag !== 'y') throw malformed('Unexpected channel-binding flag in client-first-message.');
+    this.checkBindingFlag(flag);
     const authzid = parts[1];
     if (authzid === undefined) throw malformed('Comma expected after the channel-binding flag in client-first-message.');
     if (authzid.startsWith('a=') && authzid.length > 2) {
@@ -128,6 +137,29 @@ export class ScramServerExchange {
     return Buffer.from(this.serverFirstMessage, 'latin1');
   }
 
+  /** The GS2 channel-binding flag against what was offered and chosen, with PostgreSQL's errors. */
+  private checkBindingFlag(flag: string): void {
+    const { offered, selected } = this.binding;
+    if (selected) {
+      if (flag === 'p=tls-server-end-point') return;
+      if (flag.startsWith('p=')) throw malformed('unsupported SCRAM channel-binding type');
+      throw malformed('The client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data.');
+    }
+    if (flag.startsWith('p')) {
+      throw malformed('The client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data.');
+    }
+    // 'y' is "I could bind, but the server offered no -PLUS": a lie when it was offered, i.e. a downgrade.
+    if (flag === 'y' && offered) {
+      throw new PgError(
+        '08P01',
+        'SCRAM channel binding negotiation error',
+        'FATAL',
+        'The client supports SCRAM channel binding but thinks the server does not.  However, this server does support channel binding.',
+      );
+    }
+    if (flag !== 'n' && flag !== 'y') throw malformed('Unexpected channel-binding flag in client-first-message.');
+  }
+
   /**
    * client-final-message -> the server-final-message and the recovered keys when the proof is right;
    * null when it is wrong (the caller answers 28P01). Throws PgError 08P01 when malformed, including
@@ -140,7 +172,8 @@ export class ScramServerExchange {
     const parts = text.split(',');
     const binding = decodeBase64(attribute(parts[0], 'c', 'client-final-message', malformed));
     if (!binding) throw malformed('Malformed channel-binding data in client-final-message.');
-    if (!binding.equals(Buffer.from(this.gs2Header, 'latin1'))) {
+    const expected = Buffer.from(this.gs2Header, 'latin1');
+    if (!binding.equals(this.binding.selected ? Buffer.concat([expected, this.binding.endPoint!]) : expected)) {
       throw new PgError('08P01', 'SCRAM channel binding check failed');
     }
     const nonce = attribute(parts[1], 'r', 'client-final-message', malformed);

@@ -13,14 +13,27 @@ import { isMd5Secret, parseScramSecret, ScramServerExchange, verifyMd5Response, 
 export type BackendCredentials = { readonly kind: 'scram'; readonly keys: ScramKeys } | { readonly kind: 'md5'; readonly secret: string };
 
 const SCRAM = 'SCRAM-SHA-256';
+const SCRAM_PLUS = 'SCRAM-SHA-256-PLUS';
 
-async function scram(client: ClientConnection, writer: BackendWriter, user: string, secret: NonNullable<ReturnType<typeof parseScramSecret>>) {
-  client.write(writer.authenticationSASL([SCRAM]).flush());
+/** What pgtenant offers: -PLUS too on a TLS connection whose certificate allows binding (as PostgreSQL does). */
+export function scramMechanisms(endPoint: Buffer | null): string[] {
+  return endPoint ? [SCRAM_PLUS, SCRAM] : [SCRAM];
+}
+
+async function scram(
+  client: ClientConnection,
+  writer: BackendWriter,
+  user: string,
+  secret: NonNullable<ReturnType<typeof parseScramSecret>>,
+  endPoint: Buffer | null,
+) {
+  const offered = scramMechanisms(endPoint);
+  client.write(writer.authenticationSASL(offered).flush());
   const first = await client.readMessage(Frontend.PasswordMessage, 'SASLInitialResponse');
   const { mechanism, response } = parseSASLInitialResponse(first.body);
-  if (mechanism !== SCRAM) throw protocolViolation('client selected an invalid SASL authentication mechanism');
+  if (!offered.includes(mechanism)) throw protocolViolation('client selected an invalid SASL authentication mechanism');
   if (!response) throw protocolViolation('malformed SCRAM message: no client-first-message');
-  const exchange = new ScramServerExchange(secret);
+  const exchange = new ScramServerExchange(secret, undefined, { offered: endPoint !== null, selected: mechanism === SCRAM_PLUS, endPoint });
   client.write(writer.authenticationSASLContinue(exchange.serverFirst(response)).flush());
   const final = await client.readMessage(Frontend.PasswordMessage, 'SASLResponse');
   const result = exchange.clientFinal(final.body);
@@ -46,15 +59,16 @@ export async function authenticateClient(
   writer: BackendWriter,
   user: string,
   role: RoleSecret | null,
+  endPoint: Buffer | null,
 ): Promise<BackendCredentials> {
   const stored = role?.secret ?? null;
   const scramSecret = stored ? parseScramSecret(stored) : null;
   let credentials: BackendCredentials;
-  if (scramSecret) credentials = { kind: 'scram', keys: await scram(client, writer, user, scramSecret) };
+  if (scramSecret) credentials = { kind: 'scram', keys: await scram(client, writer, user, scramSecret, endPoint) };
   else if (stored && isMd5Secret(stored)) {
     await md5(client, writer, user, stored);
     credentials = { kind: 'md5', secret: stored };
-  } else return mockAuthentication(client, user, writer);
+  } else return mockAuthentication(client, user, writer, scramMechanisms(endPoint));
   if (role!.validUntil !== null && role!.validUntil < Date.now()) throw invalidPassword(user);
   return credentials;
 }
