@@ -65,7 +65,7 @@ export function pgbouncerVersion(bin) {
 }
 
 /** Starts pgbouncer in front of the server; resolves with its port once it accepts connections. */
-export async function startPgbouncer(bin, { serverPort, user, password, poolMode = 'session', poolSize = 30 }) {
+export async function startPgbouncer(bin, { serverPort, user, password, poolMode = 'session', poolSize = 30, maxClientConn = 400 }) {
   const dir = mkdtempSync(join(tmpdir(), 'pgtenant-bench-pgbouncer-'));
   onCleanup(() => rmSync(dir, { recursive: true, force: true }));
   const port = await freePort();
@@ -86,7 +86,7 @@ export async function startPgbouncer(bin, { serverPort, user, password, poolMode
       'auth_type = scram-sha-256',
       `auth_file = ${userlist}`,
       `pool_mode = ${poolMode}`,
-      'max_client_conn = 400',
+      `max_client_conn = ${maxClientConn}`,
       `default_pool_size = ${poolSize}`,
       'server_tls_sslmode = disable',
       'client_tls_sslmode = disable',

@@ -1,0 +1,123 @@
+// `npm run bench:idle`: memory per idle client connection, and active clients' throughput while thousands sit idle.
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { findExecutable, initTables, runSelectOnly } from './lib/pgbench.mjs';
+import { ensurePgbouncer, pgbouncerVersion, startPgbouncer } from './lib/pgbouncer.mjs';
+import { startProxy } from './lib/pgtenant.mjs';
+import { installExitHandlers, isStopping, runMain } from './lib/processes.mjs';
+import { renderTable, writeJson } from './lib/report.mjs';
+import { login } from './lib/scram-client.mjs';
+import { createTenant, describeUrl, startServer } from './lib/server.mjs';
+
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const TENANT = 'bench';
+const POOL_SIZE = 20;
+const ACTIVE = { mode: 'simple', clients: 20, threads: 2, seconds: 5 };
+const log = (line) => process.stdout.write(line + '\n');
+
+/** Resident memory of a process, in KiB, from /proc. */
+function rssKiB(pid) {
+  const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!m) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(m[1]);
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Opens `n` logged-in connections, `batch` at a time. */
+async function openIdle(n, conn, batch = 100) {
+  const sockets = [];
+  while (sockets.length < n) {
+    if (isStopping()) throw new Error('stopped');
+    const k = Math.min(batch, n - sockets.length);
+    sockets.push(...(await Promise.all(Array.from({ length: k }, () => login(conn)))));
+  }
+  return sockets;
+}
+
+async function measureTarget(name, target, conn, pgbench, idle) {
+  const at = { ...conn, port: target.port };
+  // Warm up first: what is measured is the cost of idle connections, not of the first ones.
+  const before = await runSelectOnly(pgbench, at, ACTIVE);
+  await sleep(1000);
+  const rssBefore = rssKiB(target.child.pid);
+  const started = Date.now();
+  const sockets = await openIdle(idle, at);
+  const openedInMs = Date.now() - started;
+  await sleep(2000);
+  const rssHeld = rssKiB(target.child.pid);
+  const during = await runSelectOnly(pgbench, at, ACTIVE);
+  for (const s of sockets) s.destroy();
+  const row = {
+    target: name,
+    idle,
+    openedInMs,
+    rssBeforeKiB: rssBefore,
+    rssHeldKiB: rssHeld,
+    perConnectionKiB: (rssHeld - rssBefore) / idle,
+    tpsBefore: before.tps,
+    tpsWhileHeld: during.tps,
+  };
+  log(
+    `  ${name.padEnd(9)} ${idle} idle: RSS ${rssBefore} -> ${rssHeld} KiB (${row.perConnectionKiB.toFixed(2)} KiB each, opened in ${openedInMs} ms); ` +
+      `pgbench -S c=${ACTIVE.clients}: ${before.tps.toFixed(0)} tps before, ${during.tps.toFixed(0)} while held`,
+  );
+  await sleep(1000);
+  return row;
+}
+
+async function main() {
+  const pgbench = findExecutable('pgbench');
+  if (!pgbench) {
+    process.stderr.write('bench: pgbench is not on PATH. Install it with: apt-get install postgresql-client\n');
+    return 1;
+  }
+  const idle = Number(process.env.PGTENANT_BENCH_IDLE ?? 10_000);
+  if (!Number.isInteger(idle) || idle < 1 || idle > 15_000) throw new Error('PGTENANT_BENCH_IDLE must be a whole number from 1 to 15000');
+  installExitHandlers(30 * 60 * 1000);
+  log('starting PostgreSQL...');
+  const server = await startServer(repoRoot);
+  const { port, database } = describeUrl(server.url);
+  const password = randomBytes(12).toString('hex');
+  await createTenant(repoRoot, server.url, TENANT, password);
+  const conn = { user: TENANT, password, database };
+  await initTables(pgbench, { ...conn, port }, 1);
+
+  const targets = {};
+  const bin = await ensurePgbouncer(log);
+  if (bin) {
+    targets.pgbouncer = {
+      ...(await startPgbouncer(bin, { serverPort: port, user: TENANT, password, poolMode: 'transaction', poolSize: POOL_SIZE, maxClientConn: idle + 100 })),
+      version: pgbouncerVersion(bin),
+    };
+  }
+  targets.pgtenant = await startProxy(repoRoot, server.url, { poolMode: 'transaction', poolSize: POOL_SIZE });
+
+  log(`holding ${idle} idle client connections per target (transaction mode, pool size ${POOL_SIZE})...`);
+  const rows = [];
+  for (const [name, target] of Object.entries(targets)) rows.push(await measureTarget(name, target, conn, pgbench, idle));
+
+  log(
+    '\n' +
+      renderTable(
+        ['target', 'idle clients', 'RSS before KiB', 'RSS held KiB', 'KiB per idle client', 'tps before', 'tps while held'],
+        rows.map((r) => [
+          r.target,
+          String(r.idle),
+          String(r.rssBeforeKiB),
+          String(r.rssHeldKiB),
+          r.perConnectionKiB.toFixed(2),
+          r.tpsBefore.toFixed(0),
+          r.tpsWhileHeld.toFixed(0),
+        ]),
+      ),
+  );
+  const out = join(repoRoot, 'bench', 'results', 'idle-latest.json');
+  writeJson(out, { startedAt: new Date().toISOString(), poolSize: POOL_SIZE, active: ACTIVE, pgbouncer: targets.pgbouncer?.version ?? null, rows });
+  log(`\nwrote ${out}`);
+  return 0;
+}
+
+await runMain(main);
