@@ -29,7 +29,8 @@ export class ClientStream {
   private readonly statements = new ClientStatements();
   private prepared: Set<string> = new Set();
   // A header seen in part, body bytes to pass, or a message's names being gathered across chunks.
-  private readonly cHeader = Buffer.alloc(HEADER);
+  /** Allocated at the first header split across chunks: most clients never have one, and idle ones are many. */
+  private cHeader: Buffer | null = null;
   private cHeaderSeen = 0;
   private cRemaining = 0;
   private gather: Buffer | null = null;
@@ -92,22 +93,22 @@ export class ClientStream {
       } else {
         // A header split across chunks: held back until whole, so a message that changes is never half sent.
         if (this.cHeaderSeen === 0) out.push(chunk.subarray(pass, i));
-        this.cHeader[this.cHeaderSeen++] = chunk[i++]!;
+        (this.cHeader ??= Buffer.alloc(HEADER))[this.cHeaderSeen++] = chunk[i++]!;
         pass = i;
         if (this.cHeaderSeen === HEADER) {
           this.cHeaderSeen = 0;
-          const type = this.cHeader[0]!;
-          const length = this.cHeader.readInt32BE(1);
+          const type = this.cHeader![0]!;
+          const length = this.cHeader!.readInt32BE(1);
           if (length < 4) throw protocolViolation('invalid message length');
           if (needsBody(type)) {
             this.startGather(length);
-            this.cHeader.copy(this.gather!, 0);
+            this.cHeader!.copy(this.gather!, 0);
             this.gathered = HEADER;
             this.gatherStep(out);
           } else {
             this.clientHeader(type, -1, out, chunk, pass);
             if (this.terminated) break;
-            out.push(Buffer.from(this.cHeader));
+            out.push(Buffer.from(this.cHeader!));
             this.cRemaining = length - 4;
           }
         }

@@ -105,14 +105,16 @@ export class Session {
   /** Runs the session to its end; never rejects. */
   async run(): Promise<Outcome> {
     let outcome: Outcome;
-    const timer = setTimeout(() => this.client.refuse(protocolViolation('timeout during startup')), STARTUP_TIMEOUT_MS);
+    let timer: NodeJS.Timeout | undefined = setTimeout(() => this.client.refuse(protocolViolation('timeout during startup')), STARTUP_TIMEOUT_MS);
     try {
       const startup = await this.negotiate();
       if (!startup) {
         outcome = 'cancel_request';
       } else {
         await this.authenticate(startup);
+        // Dropped, not only cleared: a session may then sit idle for hours, and there may be thousands.
         clearTimeout(timer);
+        timer = undefined;
         outcome = await this.relayUntilDone();
       }
     } catch (err) {

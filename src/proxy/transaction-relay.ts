@@ -56,7 +56,8 @@ export class TransactionRelay {
   private sinceReady = 0;
 
   // Server framing, and a few body bytes captured for CommandComplete tags and ErrorResponse codes.
-  private readonly sHeader = Buffer.alloc(HEADER);
+  /** Allocated at the first header split across chunks (idle clients are many; splits are rare). */
+  private sHeader: Buffer | null = null;
   private sHeaderSeen = 0;
   private sRemaining = 0;
   private sType = 0;
@@ -67,7 +68,7 @@ export class TransactionRelay {
   private wantStatus = false;
   private readonly out: Buffer[] = [];
   private readonly forgetStatement = (name: string) => this.backend?.statements.names.delete(name);
-  private readonly writer = new BackendWriter(64);
+
   /** A warning for the client about something transaction mode cannot carry, sent at the next boundary. */
   private pendingNotice: string | null = null;
 
@@ -283,19 +284,19 @@ export class TransactionRelay {
         i += HEADER;
       } else {
         if (this.sHeaderSeen === 0) out.push(chunk.subarray(pass, i));
-        this.sHeader[this.sHeaderSeen++] = chunk[i++]!;
+        (this.sHeader ??= Buffer.alloc(HEADER))[this.sHeaderSeen++] = chunk[i++]!;
         pass = i;
         if (this.sHeaderSeen === HEADER) {
           this.sHeaderSeen = 0;
-          const length = this.sHeader.readInt32BE(1);
+          const length = this.sHeader!.readInt32BE(1);
           if (length < 4) return this.end('server_protocol_violation');
-          if (!this.serverHeader(this.sHeader[0]!, length)) out.push(Buffer.from(this.sHeader));
+          if (!this.serverHeader(this.sHeader![0]!, length)) out.push(Buffer.from(this.sHeader!));
         }
       }
     }
     if (this.sHeaderSeen === 0) out.push(pass === 0 ? chunk : chunk.subarray(pass, n));
     if (this.pendingNotice && this.atServerBoundary()) {
-      out.push(this.writer.noticeResponse({ severity: 'WARNING', code: '0A000', message: this.pendingNotice }).flush());
+      out.push(new BackendWriter(128).noticeResponse({ severity: 'WARNING', code: '0A000', message: this.pendingNotice }).flush());
       this.pendingNotice = null;
     }
     this.write(this.client, this.backend!.socket, out);
