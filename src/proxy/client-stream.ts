@@ -6,6 +6,9 @@ import type { ServerAnswers } from './server-answers.js';
 import { ClientStatements, type Statement } from './statements.js';
 
 const HEADER = 5;
+const NONE_PREPARED: Set<string> = new Set();
+/** What process() returns: written by the caller before any other chunk is processed, so one array serves all clients. */
+const CLIENT_OUT: Buffer[] = [];
 const STATEMENT = 0x53; // 'S' in Describe and Close
 /** Room for a message's names (type, length, portal and statement names); PostgreSQL keeps 63 bytes of a name. */
 const GATHER_PREFIX = 1024;
@@ -27,7 +30,8 @@ export class ClientStream {
   /** The client said Terminate: nothing after it is read, and it never reaches a backend. */
   terminated = false;
   private readonly statements = new ClientStatements();
-  private prepared: Set<string> = new Set();
+  /** The linked backend's statements, set by each process() call. */
+  private prepared: Set<string> = NONE_PREPARED;
   // A header seen in part, body bytes to pass, or a message's names being gathered across chunks.
   /** Allocated at the first header split across chunks: most clients never have one, and idle ones are many. */
   private cHeader: Buffer | null = null;
@@ -36,7 +40,6 @@ export class ClientStream {
   private gather: Buffer | null = null;
   private gathered = 0;
   private gatherTotal = 0;
-  private readonly out: Buffer[] = [];
 
   constructor(private readonly answers: ServerAnswers) {}
 
@@ -51,7 +54,7 @@ export class ClientStream {
    */
   process(chunk: Buffer, prepared: Set<string>): Buffer[] {
     this.prepared = prepared;
-    const out = this.out;
+    const out = CLIENT_OUT;
     out.length = 0;
     let pass = 0; // start of bytes forwarded unchanged
     let i = 0;

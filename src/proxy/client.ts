@@ -13,35 +13,51 @@ export class ClientGone extends Error {
   override readonly name = 'ClientGone';
 }
 
+const CONNECTION = Symbol('pgtenant.client');
+type ClientSocket = net.Socket & { [CONNECTION]: ClientConnection };
+// Shared listeners that find their connection on the socket: no closures per client (there may be thousands).
+function onData(this: ClientSocket, chunk: Buffer): void {
+  this[CONNECTION].received(chunk);
+}
+function onClose(this: ClientSocket): void {
+  this[CONNECTION].closed();
+}
+function ignore(): void {}
+
 export class ClientConnection {
   readonly reader = new MessageReader();
   private waiter: { want: Wanted; resolve: (v: Buffer | TypedMessage) => void; reject: (e: Error) => void } | null = null;
   private failure: Error | null = null;
   bytesIn = 0;
   bytesOut = 0;
-  private readonly onData = (chunk: Buffer) => {
-    this.bytesIn += chunk.length;
-    this.reader.push(chunk);
-    this.pump();
-  };
-  private readonly onClose = () => this.fail(new ClientGone('client closed the connection'));
 
   constructor(public socket: net.Socket) {
     this.attach();
   }
 
+  received(chunk: Buffer): void {
+    this.bytesIn += chunk.length;
+    this.reader.push(chunk);
+    this.pump();
+  }
+
+  closed(): void {
+    this.fail(new ClientGone('client closed the connection'));
+  }
+
   /** Starts (or resumes, after a TLS upgrade swapped the socket) reading. */
   attach(socket: net.Socket = this.socket): void {
     this.socket = socket;
-    socket.on('data', this.onData);
-    socket.once('close', this.onClose);
-    socket.on('error', () => {});
+    (socket as ClientSocket)[CONNECTION] = this;
+    socket.on('data', onData);
+    socket.once('close', onClose);
+    socket.on('error', ignore);
   }
 
   /** Stops reading, for a TLS upgrade or the hand-over to the relay. */
   detach(): void {
-    this.socket.off('data', this.onData);
-    this.socket.off('close', this.onClose);
+    this.socket.off('data', onData);
+    this.socket.off('close', onClose);
   }
 
   private fail(err: Error): void {

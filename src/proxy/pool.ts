@@ -45,14 +45,21 @@ interface Waiter {
   readonly deadline: number;
 }
 
-class KeyPool {
+/** A session's membership of one pool (see BackendPool.join). */
+export interface PoolHandle {
+  readonly key: PoolKey;
+}
+
+class KeyPool implements PoolHandle {
   /** Most recently used last: hand-outs take from the end, so the oldest idle ones time out. */
   readonly idle: BackendConnection[] = [];
   readonly waiters: Waiter[] = [];
   active = 0;
   opening = 0;
-  /** The last reusable opener, for keeping minIdle backends ready. */
+  /** The latest opener a client joined with: it opens backends for every client of the pool, and for minIdle. */
   opener: Opener | null = null;
+  /** Sessions that joined and have not left: the pool is kept (with its opener) while there are any. */
+  clients = 0;
   /** Set when the tenant was disconnected: backends in use then are closed on release, not reused. */
   retired = false;
   /** Shared by the pool's backends: bumped when their prepared statements must be prepared afresh. */
@@ -100,22 +107,43 @@ export class BackendPool {
     this.reaper.unref();
   }
 
-  /** An idle backend for this key right now, or null (none idle, or clients already waiting for one). */
-  tryAcquire(key: PoolKey): BackendConnection | null {
-    if (this.closed) return null;
-    const pool = this.pools.get(keyId(key));
-    return pool && pool.waiters.length === 0 ? this.takeIdle(pool) : null;
+  /**
+   * A session joins the pool of its key for its lifetime. `open` (with the credentials of its login) becomes the
+   * pool's opener, so sessions need not each keep their own; null for relayed logins, which open their own.
+   */
+  join(key: PoolKey, open: Opener | null): PoolHandle {
+    const pool = this.poolFor(key);
+    pool.clients++;
+    if (open) pool.opener = open;
+    return pool;
   }
 
-  /** A backend for this key: an idle one, a new one, or one handed over after waiting. `size` is the pool's (the tenant's own, or the default). */
-  acquire(key: PoolKey, open: Opener, reuse = true, size = this.limits.size): Promise<BackendConnection> {
+  leave(handle: PoolHandle): void {
+    (handle as KeyPool).clients--;
+  }
+
+  /** An idle backend of this pool right now, or null (none idle, or clients already waiting for one). */
+  tryAcquire(handle: PoolHandle): BackendConnection | null {
+    const pool = handle as KeyPool;
+    if (this.closed) return null;
+    return pool.waiters.length === 0 ? this.takeIdle(pool) : null;
+  }
+
+  /**
+   * A backend of this pool: an idle one, a new one, or one handed over after waiting. `open` is given only
+   * for relayed logins (never reused); others use the pool's opener. `size` is the pool's (the tenant's own,
+   * or the default).
+   */
+  acquire(handle: PoolHandle, open: Opener | null = null, size = this.limits.size): Promise<BackendConnection> {
     if (this.closed) return Promise.reject(adminShutdown('pgtenant is shutting down'));
-    const pool = this.poolFor(key);
+    const pool = handle as KeyPool;
+    const reuse = open === null;
+    open ??= pool.opener;
+    if (!open) return Promise.reject(new Error('pool has no opener: join it with one first'));
     pool.limit = size;
     // Sessions after a disconnect start afresh; backends from before it still close on release.
     if (pool.retired && pool.active === 0 && pool.opening === 0) pool.retired = false;
     if (reuse) {
-      pool.opener = open;
       const idle = this.takeIdle(pool);
       if (idle) return Promise.resolve(idle);
     }
@@ -395,7 +423,7 @@ export class BackendPool {
   private reap(): void {
     const now = Date.now();
     for (const pool of this.pools.values()) {
-      const keep = pool.active > 0 ? this.limits.minIdle : 0;
+      const keep = pool.clients > 0 ? this.limits.minIdle : 0;
       for (let i = pool.idle.length - 1; i >= 0; i--) {
         const backend = pool.idle[i]!;
         const old = now - backend.createdAt >= this.limits.lifetime;
@@ -404,7 +432,7 @@ export class BackendPool {
       if (pool.opener && pool.idle.length + pool.opening < keep && pool.size < pool.limit && !this.atGlobalCap()) {
         this.prefill(pool, pool.opener);
       }
-      if (pool.size === 0 && pool.waiters.length === 0) this.pools.delete(pool.id);
+      if (pool.size === 0 && pool.waiters.length === 0 && pool.clients === 0) this.pools.delete(pool.id);
     }
     this.dispatch();
   }

@@ -45,11 +45,11 @@ export class ServerAnswers {
     return next.swallow;
   }
 
-  /** An ErrorResponse: the rest of the batch never runs; `forget` gets each statement whose Parse did not. */
-  failed(forget: (statement: string) => void): void {
+  /** An ErrorResponse: the rest of the batch never runs; each statement whose Parse did not leaves `prepared`. */
+  failed(prepared: Set<string>): void {
     while (this.owed.length > 0 && !this.owed[0]!.sync) {
       const dropped = this.owed.shift()!;
-      if (dropped.statement) forget(dropped.statement);
+      if (dropped.statement) prepared.delete(dropped.statement);
     }
   }
 

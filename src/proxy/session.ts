@@ -13,14 +13,14 @@ import { authenticateClient, requireLogin, type BackendCredentials } from './aut
 import type { CancelKey, CancelRegistry } from './cancel.js';
 import { ClientConnection, ClientGone } from './client.js';
 import { PgError, adminShutdown, cannotConnectNow, invalidAuthorization, protocolViolation } from './errors.js';
-import type { BackendPool, PoolKey } from './pool.js';
+import type { BackendPool, PoolHandle, PoolKey } from './pool.js';
 import { decodeStartupPacket, encodeStartupMessage, type StartupPacket } from './protocol/startup.js';
 import { BackendWriter, errorResponseFor } from './protocol/writer.js';
 import { Relay } from './relay.js';
 import { backendStartupParameters, clientSettings, identify } from './router.js';
 import { connectBackend, sendCancelRequest, type BackendConnection, type UpstreamTarget } from './upstream.js';
 import { applySettings, resetBackend } from './reset.js';
-import { TransactionRelay } from './transaction-relay.js';
+import { TransactionRelay, type TransactionLink } from './transaction-relay.js';
 
 export enum SessionState {
   Startup = 'startup',
@@ -61,20 +61,18 @@ export type Outcome = string;
 
 const STARTUP_TIMEOUT_MS = 60_000;
 
-export class Session {
+export class Session implements TransactionLink {
   state = SessionState.Startup;
   tenant: string | null = null;
   readonly startedAt = Date.now();
-  private readonly writer = new BackendWriter();
   private readonly client: ClientConnection;
   private backend: BackendConnection | null = null;
   /** Where the backend stands for the pool: `idle` between statements, null when it must not be reused. */
   private backendState: 'idle' | 'idle_in_transaction' | null = null;
   private proxyKey: CancelKey | null = null;
   private relay: Relay | TransactionRelay | null = null;
-  /** Opens a backend for this session's pool, once the client has authenticated (proxy-side auth only). */
-  private opener: (() => Promise<BackendConnection>) | null = null;
-  private poolKey: PoolKey | null = null;
+  /** This session's membership of its (tenant, role, database) pool, once the client has authenticated. */
+  private pool: PoolHandle | null = null;
   /** The tenant's own pool size, or the proxy's. */
   private poolSize: number;
   private settings: ReadonlyMap<string, string> = new Map();
@@ -94,7 +92,11 @@ export class Session {
   ) {
     this.client = new ClientConnection(socket);
     this.poolSize = deps.config.poolSize;
-    this.log = deps.log.child({ session: id, client: `${socket.remoteAddress}:${socket.remotePort}` });
+    this.log = deps.log.child({ session: id, client: this.clientAddress() });
+  }
+
+  private clientAddress(): string {
+    return `${this.client.socket.remoteAddress}:${this.client.socket.remotePort}`;
   }
 
   private transition(next: SessionState): void {
@@ -105,22 +107,10 @@ export class Session {
   /** Runs the session to its end; never rejects. */
   async run(): Promise<Outcome> {
     let outcome: Outcome;
-    let timer: NodeJS.Timeout | undefined = setTimeout(() => this.client.refuse(protocolViolation('timeout during startup')), STARTUP_TIMEOUT_MS);
     try {
-      const startup = await this.negotiate();
-      if (!startup) {
-        outcome = 'cancel_request';
-      } else {
-        await this.authenticate(startup);
-        // Dropped, not only cleared: a session may then sit idle for hours, and there may be thousands.
-        clearTimeout(timer);
-        timer = undefined;
-        outcome = await this.relayUntilDone();
-      }
+      outcome = (await this.login()) ? await this.relayUntilDone() : 'cancel_request';
     } catch (err) {
       outcome = this.fail(err);
-    } finally {
-      clearTimeout(timer);
     }
     await this.cleanup();
     const { bytesIn, bytesOut, queries, transactions } = this.counters();
@@ -129,6 +119,23 @@ export class Session {
       'session ended',
     );
     return outcome;
+  }
+
+  /**
+   * The startup phase under its timeout: true once the client is logged in, false for a CancelRequest.
+   * A method of its own so that what login needed (the startup packet, the timer) is not kept by run()'s
+   * frame while the session relays, possibly for hours and for thousands of clients.
+   */
+  private async login(): Promise<boolean> {
+    const timer = setTimeout(() => this.client.refuse(protocolViolation('timeout during startup')), STARTUP_TIMEOUT_MS);
+    try {
+      const startup = await this.negotiate();
+      if (!startup) return false;
+      await this.authenticate(startup);
+      return true;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** The tenant once the client has authenticated; null before (a claimed tenant is not yet one). */
@@ -231,10 +238,12 @@ export class Session {
   private async authenticate(startup: Extract<StartupPacket, { kind: 'StartupMessage' }>): Promise<void> {
     this.transition(SessionState.Authenticating);
     const { config } = this.deps;
+    // Only login writes server messages itself; the relay passes the server's bytes.
+    const writer = new BackendWriter();
     const params = startup.parameters;
     const protocolExtensions = [...params.keys()].filter((k) => k.startsWith('_pq_.'));
     if (startup.minorVersion > 0 || protocolExtensions.length > 0) {
-      this.client.write(this.writer.negotiateProtocolVersion(0, protocolExtensions).flush());
+      this.client.write(writer.negotiateProtocolVersion(0, protocolExtensions).flush());
     }
     const user = params.get('user')!;
     const identity = identify(params, config.isolation);
@@ -242,7 +251,8 @@ export class Session {
     this.settings = clientSettings(params);
     this.settingsKey = JSON.stringify([...this.settings]);
     this.tenant = identity.tenantId;
-    this.log = this.log.child({ tenant: identity.tenantId });
+    // One child logger, not a child of a child: a session may live for hours, and there may be thousands.
+    this.log = this.deps.log.child({ session: this.id, client: this.clientAddress(), tenant: identity.tenantId });
     const record = await this.lookupTenant(identity.tenantId);
     const loginRole = identity.loginRole ?? record?.role ?? null;
     const schema = record?.schema ?? identity.tenantId;
@@ -252,16 +262,17 @@ export class Session {
     let secret: RoleSecret | null = null;
     if (config.auth === 'relay') {
       // Unknown tenants go through the same challenge as known ones: nothing tells them apart before the password.
-      if (!loginRole) await mockAuthentication(this.client, user, this.writer);
+      if (!loginRole) await mockAuthentication(this.client, user, writer);
       const startupMessage = encodeStartupMessage(backendStartupParameters(params, loginRole!, schema));
-      const relayed = (b: BackendConnection) => relayAuthentication(this.client, b, this.writer);
-      this.backend = await this.deps.pool.acquire(key, () => openBackend(this.deps, startupMessage, relayed), false, this.poolSize);
+      const relayed = (b: BackendConnection) => relayAuthentication(this.client, b, writer);
+      this.pool = this.deps.pool.join(key, null);
+      this.backend = await this.deps.pool.acquire(this.pool, () => openBackend(this.deps, startupMessage, relayed), this.poolSize);
       await this.backend.readUntilReady();
     } else {
       // Asked for unknown tenants too: when the auth query fails, every login fails alike, telling no tenant apart.
       const found = await this.roleSecret(loginRole ?? user);
       secret = loginRole ? found : null;
-      credentials = await authenticateClient(this.client, this.writer, user, secret, this.encrypted ? this.deps.tlsEndPoint : null);
+      credentials = await authenticateClient(this.client, writer, user, secret, this.encrypted ? this.deps.tlsEndPoint : null);
     }
     // The password is proven: now it is safe to say what is wrong with the tenant. Look again, since
     // a suspend or drop may have landed while the client was answering the challenge.
@@ -271,34 +282,37 @@ export class Session {
       throw cannotConnectNow(`tenant "${current.id}" is suspended`, 'Ask the operator to resume the tenant.');
     }
     requireLogin(secret, loginRole!);
-    this.client.write(this.writer.authenticationOk().flush());
+    this.client.write(writer.authenticationOk().flush());
     this.authenticated = true;
     if (credentials) {
       const startupMessage = encodeStartupMessage(backendStartupParameters(new Map([['database', key.database]]), key.role, schema));
       const login = credentials;
-      this.poolKey = key;
-      // The pool keeps the opener (for minIdle): it holds the credentials, not this session.
+      // The pool keeps the opener, with the credentials of the latest login, for all its sessions (and minIdle).
       const deps = this.deps;
-      this.opener = () => openBackend(deps, startupMessage, (b) => loginBackend(b, login));
+      this.pool = deps.pool.join(key, () => openBackend(deps, startupMessage, (b) => loginBackend(b, login)));
       // In transaction mode too: the greeting needs a backend's parameters, and a login that cannot reach one should fail now.
       this.backend = await this.acquireBackend();
     }
     this.backendState = 'idle';
-    this.greet();
+    this.greet(writer);
     if (config.poolMode === 'transaction') {
       this.deps.pool.release(this.backend!, true);
       this.backend = null;
     }
   }
 
+  transactionEnded(backend: BackendConnection, dirty: boolean): void {
+    void this.giveBack(backend, 'idle', dirty);
+  }
+
   /** A backend from this session's pool with the client's startup settings applied. */
   private async acquireBackend(): Promise<BackendConnection> {
-    return this.withSettings(await this.deps.pool.acquire(this.poolKey!, this.opener!, true, this.poolSize));
+    return this.withSettings(await this.deps.pool.acquire(this.pool!, null, this.poolSize));
   }
 
   /** For transaction mode: an idle backend already carrying this client's settings comes back at once, without a promise. */
-  private backendForTransaction(): BackendConnection | Promise<BackendConnection> {
-    const idle = this.deps.pool.tryAcquire(this.poolKey!);
+  backendForTransaction(): BackendConnection | Promise<BackendConnection> {
+    const idle = this.deps.pool.tryAcquire(this.pool!);
     if (idle && idle.settingsKey === this.settingsKey) return idle;
     return idle ? this.withSettings(idle) : this.acquireBackend();
   }
@@ -339,25 +353,21 @@ export class Session {
   }
 
   /** The rest of the startup phase, as the client's own server would say it, with the proxy's cancel key. */
-  private greet(): void {
-    const w = this.writer;
+  private greet(w: BackendWriter): void {
     for (const [name, value] of this.backend!.parameters) w.parameterStatus(name, value);
     this.proxyKey = this.deps.cancels.issue(this);
     w.backendKeyData(this.proxyKey.processId, this.proxyKey.secretKey).readyForQuery('I');
     this.client.write(w.flush());
   }
 
-  private async relayUntilDone(): Promise<Outcome> {
+  private relayUntilDone(): Promise<Outcome> {
     if (this.revoked) throw this.revoked;
     // The client may have left while it waited for a backend: its close event has been and gone.
     if (this.client.socket.destroyed) throw new ClientGone('client closed while waiting for a backend');
     this.transition(SessionState.Relaying);
     this.client.detach();
     if (this.deps.config.poolMode === 'transaction') {
-      this.relay = new TransactionRelay(this.client.socket, {
-        acquire: () => this.backendForTransaction(),
-        release: (backend, dirty) => void this.giveBack(backend, 'idle', dirty),
-      });
+      this.relay = new TransactionRelay(this.client.socket, this);
     } else {
       this.relay = new Relay(this.client.socket, this.backend!);
     }
@@ -392,6 +402,8 @@ export class Session {
     else held = null;
     this.backend = null;
     if (held) await this.giveBack(held.backend, held.state, held.dirty);
+    if (this.pool) this.deps.pool.leave(this.pool);
+    this.pool = null;
   }
 
   /** Returns a backend to the pool: as it is when clean, after ROLLBACK and DISCARD ALL when not, closed when half done. */

@@ -18,7 +18,8 @@ export function serverStatementName(frame: Buffer, at: NameAt): string {
 }
 
 export class ClientStatements {
-  private readonly byName = new Map<string, Statement>();
+  // Made at the first named Parse: most clients of a transaction pooler (psql, pgbench -M simple) never send one.
+  private byName: Map<string, Statement> | null = null;
 
   /** Records a named Parse; a name given again replaces the old statement (PostgreSQL would refuse with 42P05). */
   define(frame: Buffer): Statement | null {
@@ -26,19 +27,19 @@ export class ClientStatements {
     if (at.name === '') return null;
     const server = serverStatementName(frame, at);
     const statement = { server, parse: renamed(frame, at, server) };
-    this.byName.set(at.name, statement);
+    (this.byName ??= new Map()).set(at.name, statement);
     return statement;
   }
 
   get(name: string): Statement | undefined {
-    return this.byName.get(name);
+    return this.byName?.get(name);
   }
 
   delete(name: string): void {
-    this.byName.delete(name);
+    this.byName?.delete(name);
   }
 
   get size(): number {
-    return this.byName.size;
+    return this.byName?.size ?? 0;
   }
 }

@@ -13,9 +13,9 @@ import type { BackendConnection, BackendSink } from './upstream.js';
 /** What the relay needs from its session: backends for transactions, and a place to give them back. */
 export interface TransactionLink {
   /** A backend for the next transaction with the client's settings applied: at once when one is idle and ready. */
-  acquire(): BackendConnection | Promise<BackendConnection>;
+  backendForTransaction(): BackendConnection | Promise<BackendConnection>;
   /** Gives the backend back after ReadyForQuery(idle); `dirty` when the client changed its session state. */
-  release(backend: BackendConnection, dirty: boolean): void;
+  transactionEnded(backend: BackendConnection, dirty: boolean): void;
 }
 
 const HEADER = 5;
@@ -30,7 +30,22 @@ const CAPTURE = 64;
 const STASH_LIMIT = 64 * 1024;
 const SQLSTATE_FEATURE_NOT_SUPPORTED = Buffer.from('C0A000\0');
 
-export class TransactionRelay {
+/** The pieces of one server chunk to write: filled and written within one synchronous call, so one serves all relays. */
+const SERVER_OUT: Buffer[] = [];
+
+const RELAY = Symbol('pgtenant.relay');
+type RelayedSocket = net.Socket & { [RELAY]: TransactionRelay };
+function onClientData(this: RelayedSocket, chunk: Buffer): void {
+  this[RELAY].clientData(chunk);
+}
+function onClientDrain(this: RelayedSocket): void {
+  this[RELAY].backend?.socket.resume();
+}
+function onClientClose(this: RelayedSocket): void {
+  this[RELAY].end('client_closed');
+}
+
+export class TransactionRelay implements BackendSink {
   readonly stats: RelayStats = { bytesIn: 0, bytesOut: 0 };
   /** Query and Execute messages from the client. */
   get queries(): number {
@@ -45,7 +60,7 @@ export class TransactionRelay {
   backend: BackendConnection | null = null;
   private acquiring = false;
   /** Client bytes that arrived while no backend was linked. */
-  private stash: Buffer[] = [];
+  private stash: Buffer[] | null = null;
   private stashed = 0;
   private readonly answers = new ServerAnswers();
   private readonly clientStream = new ClientStream(this.answers);
@@ -66,25 +81,9 @@ export class TransactionRelay {
   private captureLength = 0;
   private captureWant = 0;
   private wantStatus = false;
-  private readonly out: Buffer[] = [];
-  private readonly forgetStatement = (name: string) => this.backend?.statements.names.delete(name);
 
   /** A warning for the client about something transaction mode cannot carry, sent at the next boundary. */
   private pendingNotice: string | null = null;
-
-  private readonly onClientData = (chunk: Buffer): void => {
-    this.stats.bytesIn += chunk.length;
-    if (this.backend) this.fromClient(chunk);
-    else if (this.acquiring) this.hold(chunk);
-    else this.link(chunk);
-  };
-  private readonly onClientDrain = () => this.backend?.socket.resume();
-  private readonly onClientClose = () => this.end('client_closed');
-  private readonly serverSink: BackendSink = {
-    data: (chunk) => this.fromServer(chunk),
-    drain: () => this.client.resume(),
-    closed: () => this.end('server_closed'),
-  };
 
   constructor(
     readonly client: net.Socket,
@@ -93,12 +92,35 @@ export class TransactionRelay {
     this.done = new Promise((resolve) => (this.finish = resolve));
   }
 
+  /** Client bytes: relayed when a backend is linked, else they start the next transaction. */
+  clientData(chunk: Buffer): void {
+    this.stats.bytesIn += chunk.length;
+    if (this.backend) this.fromClient(chunk);
+    else if (this.acquiring) this.hold(chunk);
+    else this.link(chunk);
+  }
+
+  // The linked backend's socket events (BackendSink).
+  data(chunk: Buffer): void {
+    this.fromServer(chunk);
+  }
+
+  drain(): void {
+    this.client.resume();
+  }
+
+  closed(): void {
+    this.end('server_closed');
+  }
+
   start(pending: Buffer): void {
-    this.client.on('data', this.onClientData);
-    this.client.on('drain', this.onClientDrain);
-    this.client.on('close', this.onClientClose);
-    this.client.on('error', this.onClientClose);
-    if (pending.length > 0) this.onClientData(pending);
+    // Shared listeners that find their relay on the socket: no closures per client, and idle clients are many.
+    (this.client as RelayedSocket)[RELAY] = this;
+    this.client.on('data', onClientData);
+    this.client.on('drain', onClientDrain);
+    this.client.on('close', onClientClose);
+    this.client.on('error', onClientClose);
+    if (pending.length > 0) this.clientData(pending);
     this.client.resume();
   }
 
@@ -124,9 +146,9 @@ export class TransactionRelay {
   end(why: RelayEnd, lastWords?: Buffer): void {
     if (this.ended) return;
     this.ended = why;
-    this.client.off('data', this.onClientData);
-    this.client.off('drain', this.onClientDrain);
-    this.client.off('close', this.onClientClose);
+    this.client.off('data', onClientData);
+    this.client.off('drain', onClientDrain);
+    this.client.off('close', onClientClose);
     if (why === 'client_closed') this.client.destroy();
     else endGracefully(this.client, lastWords && this.atServerBoundary() ? lastWords : undefined);
     this.finish(why);
@@ -145,22 +167,22 @@ export class TransactionRelay {
       this.end('client_terminated');
       return;
     }
-    const got = this.session.acquire();
+    const got = this.session.backendForTransaction();
     if (!(got instanceof Promise)) {
       this.linked(got);
       this.fromClient(first);
       return;
     }
-    this.stash.push(first);
+    this.stash = [first];
     this.stashed = first.length;
     this.acquiring = true;
     got.then(
       (backend) => {
         this.acquiring = false;
-        if (this.ended) return this.session.release(backend, false);
+        if (this.ended) return this.session.transactionEnded(backend, false);
         this.linked(backend);
-        const stash = this.stash;
-        this.stash = [];
+        const stash = this.stash!;
+        this.stash = null;
         for (const chunk of stash) if (this.backend) this.fromClient(chunk);
         if (this.client.isPaused()) this.client.resume();
       },
@@ -176,7 +198,7 @@ export class TransactionRelay {
    * waiting client usually sent one statement, and pausing and resuming a socket costs two system calls.
    */
   private hold(chunk: Buffer): void {
-    this.stash.push(chunk);
+    this.stash!.push(chunk);
     this.stashed += chunk.length;
     if (this.stashed > STASH_LIMIT) this.client.pause();
   }
@@ -187,7 +209,7 @@ export class TransactionRelay {
     this.sinceReady = 0;
     // Nothing is owed between transactions; a stale expectation must never swallow the next backend's answers.
     this.answers.clear();
-    backend.relayTo(this.serverSink);
+    backend.relayTo(this);
   }
 
   private unlink(backend: BackendConnection): void {
@@ -201,7 +223,7 @@ export class TransactionRelay {
     if (!backend || this.status !== IDLE || this.sLastType !== Backend.ReadyForQuery) return;
     if (this.clientStream.syncs !== this.readies || this.clientStream.unsynced > 0 || !this.atClientBoundary() || !this.atServerBoundary()) return;
     this.unlink(backend);
-    this.session.release(backend, this.dirty);
+    this.session.transactionEnded(backend, this.dirty);
   }
 
   private atClientBoundary(): boolean {
@@ -252,7 +274,7 @@ export class TransactionRelay {
 
   private fromServer(chunk: Buffer): void {
     this.stats.bytesOut += chunk.length;
-    const out = this.out;
+    const out = SERVER_OUT;
     out.length = 0;
     let pass = 0;
     let i = 0;
@@ -323,7 +345,7 @@ export class TransactionRelay {
         return this.answers.completed() && length === 4;
       case Backend.ErrorResponse:
         // The server skips to the next Sync: what it owed for the rest of this batch never comes.
-        this.answers.failed(this.forgetStatement);
+        if (this.backend) this.answers.failed(this.backend.statements.names);
         this.captureWant = Math.min(CAPTURE, this.sRemaining);
         break;
       case 0x43: // CommandComplete
