@@ -16,7 +16,7 @@ const SCRAM = 'SCRAM-SHA-256';
 const SCRAM_PLUS = 'SCRAM-SHA-256-PLUS';
 
 /** What pgtenant offers: -PLUS too on a TLS connection whose certificate allows binding (as PostgreSQL does). */
-export function scramMechanisms(endPoint: Buffer | null): string[] {
+function scramMechanisms(endPoint: Buffer | null): string[] {
   return endPoint ? [SCRAM_PLUS, SCRAM] : [SCRAM];
 }
 
