@@ -159,7 +159,7 @@ export class TransactionRelay implements BackendSink {
     this.end('server_closed', errorResponseFor(err));
   }
 
-  /** Links a backend for the transaction `first` starts: at once when one is ready, else with the client paused. */
+  /** Links a backend for the transaction `first` starts: at once when one is ready, else once the pool hands one over. */
   private link(first: Buffer): void {
     if (this.ended) return;
     // A client that only says goodbye needs no backend.
