@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { findExecutable, initTables, runSelectOnly } from './lib/pgbench.mjs';
 import { ensurePgbouncer, pgbouncerVersion, startPgbouncer } from './lib/pgbouncer.mjs';
 import { startProxy } from './lib/pgtenant.mjs';
-import { installExitHandlers, isStopping, runMain } from './lib/processes.mjs';
+import { installExitHandlers, isStopping, runMain, stopChild } from './lib/processes.mjs';
 import { renderTable, writeJson } from './lib/report.mjs';
 import { login } from './lib/scram-client.mjs';
 import { createTenant, describeUrl, startServer } from './lib/server.mjs';
@@ -85,22 +85,50 @@ async function main() {
   const conn = { user: TENANT, password, database };
   await initTables(pgbench, { ...conn, port }, 1);
 
-  const targets = {};
+  // Each run gets fresh processes: RSS does not shrink when connections close, so a second run on the same
+  // process would measure nothing.
   const bin = await ensurePgbouncer(log);
+  const starters = {};
   if (bin) {
-    targets.pgbouncer = {
+    starters.pgbouncer = async () => ({
       ...(await startPgbouncer(bin, { serverPort: port, user: TENANT, password, poolMode: 'transaction', poolSize: POOL_SIZE, maxClientConn: idle + 100 })),
       version: pgbouncerVersion(bin),
-    };
+    });
   }
-  targets.pgtenant = await startProxy(repoRoot, server.url, { poolMode: 'transaction', poolSize: POOL_SIZE });
+  starters.pgtenant = () => startProxy(repoRoot, server.url, { poolMode: 'transaction', poolSize: POOL_SIZE });
 
-  log(`holding ${idle} idle client connections per target (transaction mode, pool size ${POOL_SIZE})...`);
-  const rows = [];
-  for (const [name, target] of Object.entries(targets)) rows.push(await measureTarget(name, target, conn, pgbench, idle));
+  const runs = Number(process.env.PGTENANT_BENCH_RUNS ?? 3);
+  if (!Number.isInteger(runs) || runs < 1 || runs > 15) throw new Error('PGTENANT_BENCH_RUNS must be a whole number from 1 to 15');
+  log(`holding ${idle} idle client connections per target (transaction mode, pool size ${POOL_SIZE}), ${runs} runs...`);
+  const samples = {};
+  // Targets take turns within each round, as in `npm run bench`.
+  for (let run = 0; run < runs; run++) {
+    for (const [name, start] of Object.entries(starters)) {
+      const target = await start();
+      try {
+        (samples[name] ??= []).push(await measureTarget(name, target, conn, pgbench, idle));
+      } finally {
+        await stopChild(target.child);
+      }
+    }
+  }
+  const median = (xs) => {
+    const s = [...xs].sort((a, b) => a - b);
+    return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+  };
+  const rows = Object.entries(samples).map(([name, rs]) => ({
+    target: name,
+    idle,
+    rssBeforeKiB: median(rs.map((r) => r.rssBeforeKiB)),
+    rssHeldKiB: median(rs.map((r) => r.rssHeldKiB)),
+    perConnectionKiB: median(rs.map((r) => r.perConnectionKiB)),
+    tpsBefore: median(rs.map((r) => r.tpsBefore)),
+    tpsWhileHeld: median(rs.map((r) => r.tpsWhileHeld)),
+    runs: rs,
+  }));
 
   log(
-    '\n' +
+    `\nmedians of ${runs} runs:\n` +
       renderTable(
         ['target', 'idle clients', 'RSS before KiB', 'RSS held KiB', 'KiB per idle client', 'tps before', 'tps while held'],
         rows.map((r) => [
@@ -115,7 +143,7 @@ async function main() {
       ),
   );
   const out = join(repoRoot, 'bench', 'results', 'idle-latest.json');
-  writeJson(out, { startedAt: new Date().toISOString(), poolSize: POOL_SIZE, active: ACTIVE, pgbouncer: targets.pgbouncer?.version ?? null, rows });
+  writeJson(out, { startedAt: new Date().toISOString(), poolSize: POOL_SIZE, active: ACTIVE, runs, pgbouncer: bin ? pgbouncerVersion(bin) : null, rows });
   log(`\nwrote ${out}`);
   return 0;
 }
