@@ -1,4 +1,5 @@
-// What a pooled backend is told between clients: the next client's startup settings, and the reset after the last one.
+// A pooled backend between clients: the next client's startup settings, and the reset (or close) after the last one.
+import type { BackendPool } from './pool.js';
 import type { BackendConnection } from './upstream.js';
 import { quoteIdent } from '../tenants/ids.js';
 
@@ -60,5 +61,36 @@ export async function resetBackend(
     ]);
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/**
+ * Gives a backend back to its pool: as it is when `state` is idle and nothing `dirty` happened, after ROLLBACK
+ * and DISCARD ALL otherwise, closed when `state` is null (left half done) or it died. Resolves with the
+ * reset's failure, if any: the backend is then closed.
+ */
+export async function returnToPool(
+  pool: BackendPool,
+  backend: BackendConnection,
+  state: 'idle' | 'idle_in_transaction' | null,
+  dirty: boolean,
+  timeoutMs: number,
+): Promise<Error | null> {
+  if (state === null || !backend.alive) {
+    pool.release(backend, false);
+    return null;
+  }
+  backend.relayTo(null);
+  if (state === 'idle' && !dirty) {
+    pool.release(backend, true);
+    return null;
+  }
+  try {
+    await resetBackend(backend, state, timeoutMs);
+    pool.release(backend, true);
+    return null;
+  } catch (err) {
+    pool.release(backend, false);
+    return err as Error;
   }
 }

@@ -1,5 +1,4 @@
 // One client's life: startup negotiation, tenant routing, authentication (by the proxy or relayed), a pooled backend, then the relay.
-import { performance } from 'node:perf_hooks';
 import tls from 'node:tls';
 import type { Logger } from '../logger.js';
 import type { Config } from '../config.js';
@@ -18,8 +17,8 @@ import { decodeStartupPacket, encodeStartupMessage, type StartupPacket } from '.
 import { BackendWriter, errorResponseFor } from './protocol/writer.js';
 import { Relay } from './relay.js';
 import { backendStartupParameters, clientSettings, identify } from './router.js';
-import { connectBackend, sendCancelRequest, type BackendConnection, type UpstreamTarget } from './upstream.js';
-import { applySettings, resetBackend } from './reset.js';
+import { openBackend, sendCancelRequest, type BackendConnection, type UpstreamTarget } from './upstream.js';
+import { applySettings, returnToPool } from './reset.js';
 import { TransactionRelay, type TransactionLink } from './transaction-relay.js';
 
 export enum SessionState {
@@ -266,7 +265,7 @@ export class Session implements TransactionLink {
       const startupMessage = encodeStartupMessage(backendStartupParameters(params, loginRole!, schema));
       const relayed = (b: BackendConnection) => relayAuthentication(this.client, b, writer);
       this.pool = this.deps.pool.join(key, null);
-      this.backend = await this.deps.pool.acquire(this.pool, () => openBackend(this.deps, startupMessage, relayed), this.poolSize);
+      this.backend = await this.deps.pool.acquire(this.pool, () => this.openBackend(startupMessage, relayed), this.poolSize);
       await this.backend.readUntilReady();
     } else {
       // Asked for unknown tenants too: when the auth query fails, every login fails alike, telling no tenant apart.
@@ -288,8 +287,10 @@ export class Session implements TransactionLink {
       const startupMessage = encodeStartupMessage(backendStartupParameters(new Map([['database', key.database]]), key.role, schema));
       const login = credentials;
       // The pool keeps the opener, with the credentials of the latest login, for all its sessions (and minIdle).
-      const deps = this.deps;
-      this.pool = deps.pool.join(key, () => openBackend(deps, startupMessage, (b) => loginBackend(b, login)));
+      const { target, config, observer } = this.deps;
+      this.pool = this.deps.pool.join(key, () =>
+        openBackend(target, startupMessage, config.connectTimeout, (b) => loginBackend(b, login), (s) => observer.backendConnected(s)),
+      );
       // In transaction mode too: the greeting needs a backend's parameters, and a login that cannot reach one should fail now.
       this.backend = await this.acquireBackend();
     }
@@ -328,6 +329,11 @@ export class Session implements TransactionLink {
     }
     backend.settingsKey = this.settingsKey;
     return backend;
+  }
+
+  private openBackend(startupMessage: Buffer, login: (b: BackendConnection) => Promise<void>): Promise<BackendConnection> {
+    const { target, config, observer } = this.deps;
+    return openBackend(target, startupMessage, config.connectTimeout, login, (s) => observer.backendConnected(s));
   }
 
   /** A failed lookup says nothing about the tenant: it is the proxy that cannot reach its control schema. */
@@ -406,41 +412,10 @@ export class Session implements TransactionLink {
     this.pool = null;
   }
 
-  /** Returns a backend to the pool: as it is when clean, after ROLLBACK and DISCARD ALL when not, closed when half done. */
+  /** Returns a backend to the pool (see returnToPool); a failed reset is logged. */
   private async giveBack(backend: BackendConnection, state: 'idle' | 'idle_in_transaction' | null, dirty: boolean): Promise<void> {
-    if (this.deps.config.auth === 'relay' || state === null || !backend.alive) {
-      this.deps.pool.release(backend, false);
-      return;
-    }
-    backend.relayTo(null);
-    if (state === 'idle' && !dirty) {
-      this.deps.pool.release(backend, true);
-      return;
-    }
-    try {
-      await resetBackend(backend, state, this.deps.config.connectTimeout);
-      this.deps.pool.release(backend, true);
-    } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'backend reset failed; closing it');
-      this.deps.pool.release(backend, false);
-    }
+    // A relayed login binds the backend to its client: never reused.
+    const failed = await returnToPool(this.deps.pool, backend, this.deps.config.auth === 'relay' ? null : state, dirty, this.deps.config.connectTimeout);
+    if (failed) this.log.warn({ err: failed.message }, 'backend reset failed; closing it');
   }
-}
-
-/** Opens a backend and logs it in; the pool calls this when it has room for one more. */
-async function openBackend(
-  deps: SessionDeps,
-  startupMessage: Buffer,
-  login: (b: BackendConnection) => Promise<void>,
-): Promise<BackendConnection> {
-  const started = performance.now();
-  const backend = await connectBackend(deps.target, startupMessage, deps.config.connectTimeout);
-  try {
-    await login(backend);
-  } catch (err) {
-    backend.close();
-    throw err;
-  }
-  deps.observer.backendConnected((performance.now() - started) / 1000);
-  return backend;
 }

@@ -1,5 +1,6 @@
 // Backend connections: TCP or Unix socket, TLS per the upstream URL's sslmode, and the startup-phase reader (pg-protocol).
 import net from 'node:net';
+import { performance } from 'node:perf_hooks';
 import tls from 'node:tls';
 import { serialize } from 'pg-protocol';
 import type { BackendMessage } from 'pg-protocol/dist/messages.js';
@@ -296,6 +297,29 @@ export function backendError(m: BackendMessage): PgError {
   const e = m as BackendMessage & { code?: string; message?: string; severity?: string; detail?: string; hint?: string };
   const severity = e.severity === 'ERROR' ? 'ERROR' : 'FATAL';
   return new PgError(e.code ?? '08006', e.message ?? 'upstream error', severity, e.detail, e.hint);
+}
+
+/**
+ * Opens a backend and logs it in (`login` answers its authentication); `connected` is told how many seconds
+ * it took. A backend whose login fails is closed.
+ */
+export async function openBackend(
+  target: UpstreamTarget,
+  startupMessage: Buffer,
+  timeoutMs: number,
+  login: (b: BackendConnection) => Promise<void>,
+  connected: (seconds: number) => void,
+): Promise<BackendConnection> {
+  const started = performance.now();
+  const backend = await connectBackend(target, startupMessage, timeoutMs);
+  try {
+    await login(backend);
+  } catch (err) {
+    backend.close();
+    throw err;
+  }
+  connected((performance.now() - started) / 1000);
+  return backend;
 }
 
 /** Opens a backend connection and sends its StartupMessage. */
