@@ -23,6 +23,7 @@ export const OPTIONS = {
   auth: { kind: 'string', default: 'proxy', choices: ['proxy', 'relay'], describe: "Who checks passwords: the proxy (auth query, backends reused) or the server ('relay', one backend per client)" },
   poolSize: { kind: 'number', default: 20, describe: 'Backend connections per (tenant, role, database) pool' },
   maxBackends: { kind: 'number', default: 80, describe: 'Backend connections in all pools together (0: no cap)' },
+  workers: { kind: 'number', default: 1, describe: 'Proxy processes sharing the listener (pool sizes and --max-backends are split among them)' },
   poolMinIdle: { kind: 'number', default: 0, describe: 'Idle backends a pool with clients keeps ready' },
   poolWaitTimeout: { kind: 'number', default: 30000, describe: 'Milliseconds a client waits for a backend before 53300' },
   serverIdleTimeout: { kind: 'number', default: 60000, describe: 'Milliseconds an idle backend is kept' },
@@ -36,6 +37,9 @@ export const OPTIONS = {
   migrationsDir: { kind: 'string', default: 'migrations', describe: 'Folder with tenant/ and shared/ migration files' },
   logLevel: { kind: 'string', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], describe: 'Log level' },
 } as const satisfies Record<string, OptionSpec>;
+
+/** Cancel keys carry the worker in their low byte (see proxy/cancel.ts). */
+export const MAX_WORKERS = 64;
 
 export type OptionName = keyof typeof OPTIONS;
 
@@ -55,6 +59,8 @@ export interface Config {
   readonly auth: 'proxy' | 'relay';
   readonly poolSize: number;
   readonly maxBackends: number;
+  /** Proxy worker processes; 1 runs the proxy in this process. */
+  readonly workers: number;
   readonly poolMinIdle: number;
   readonly poolWaitTimeout: number;
   readonly serverIdleTimeout: number;
@@ -162,6 +168,7 @@ export function resolveConfig(sources: ConfigSources): Config {
     auth: merged.auth as Config['auth'],
     poolSize: merged.poolSize as number,
     maxBackends: merged.maxBackends as number,
+    workers: merged.workers as number,
     poolMinIdle: merged.poolMinIdle as number,
     poolWaitTimeout: merged.poolWaitTimeout as number,
     serverIdleTimeout: merged.serverIdleTimeout as number,
@@ -179,6 +186,9 @@ export function resolveConfig(sources: ConfigSources): Config {
     throw new ConfigError('--tls-cert and --tls-key go together');
   }
   if (!Number.isInteger(config.poolSize) || config.poolSize < 1) throw new ConfigError('--pool-size: expected a whole number of at least 1');
+  if (!Number.isInteger(config.workers) || config.workers < 1 || config.workers > MAX_WORKERS) {
+    throw new ConfigError(`--workers: expected a whole number from 1 to ${MAX_WORKERS}`);
+  }
   if (config.auth === 'relay' && config.poolMode === 'transaction') {
     throw new ConfigError('--pool-mode transaction needs --auth proxy: relayed logins cannot share backends');
   }

@@ -1,4 +1,5 @@
 // The proxy and its admin API as one unit: management pool, tenant service, metrics and migration jobs, closed together.
+import cluster from 'node:cluster';
 import pg from 'pg';
 import { adminToken } from './admin/auth.js';
 import { AdminError, unavailable } from './admin/errors.js';
@@ -7,11 +8,15 @@ import { MigrationService } from './admin/migrations.js';
 import { startAdminServer, type AdminServer } from './admin/server.js';
 import { migrationsDirFor, requireUpstream, type Config } from './config.js';
 import type { Logger } from './logger.js';
-import { startProxy, type ProxyServer } from './proxy/server.js';
+import { startWorkers } from './cluster/primary.js';
+import { startWorker } from './cluster/worker.js';
+import type { ProxyControl } from './proxy/activity.js';
+import { startProxy } from './proxy/server.js';
 import { TenantService } from './tenants/service.js';
 
 export interface Runtime {
-  readonly proxy: ProxyServer;
+  /** The proxy in this process, or with --workers the worker processes this one started. */
+  readonly proxy: ProxyControl;
   /** null with --admin-listen off. */
   readonly admin: AdminServer | null;
   /** The admin token, and whether it was generated for this process. */
@@ -32,15 +37,31 @@ async function within<T>(p: Promise<T>, ms: number): Promise<T> {
   }
 }
 
+/** The proxy part: in this process, or with --workers in worker processes whose metrics are summed into ours. */
+async function startProxyPart(config: Config, log: Logger, metrics: Metrics): Promise<{ proxy: ProxyControl; close(graceMs?: number): Promise<void> }> {
+  if (config.workers > 1) {
+    const workers = await startWorkers({ config, log });
+    metrics.attachWorkers(() => workers.metrics());
+    return { proxy: workers, close: (grace) => workers.close(grace) };
+  }
+  const server = await startProxy({ config, log, observer: metrics });
+  metrics.attachProxy(server);
+  return { proxy: server.control, close: (grace) => server.close(grace) };
+}
+
 export async function startRuntime({ config, log }: { config: Config; log: Logger }): Promise<Runtime> {
   const upstream = requireUpstream(config);
+  if (cluster.isWorker) {
+    // A worker of `--workers N`: only the proxy; the primary runs the admin API for all of them.
+    const worker = await startWorker({ config, log });
+    return { proxy: worker.proxy.control, admin: null, adminToken: null, metrics: worker.metrics, close: (grace) => worker.close(grace) };
+  }
   // Decided before anything listens: a public admin address without a token is a configuration error.
   const token = config.adminListen ? adminToken(config.adminListen, config.adminToken) : null;
   const metrics = new Metrics({ tenantLimit: config.metricsTenantLimit });
-  const proxy = await startProxy({ config, log, observer: metrics });
-  metrics.attachProxy(proxy);
+  const { proxy, close: closeProxy } = await startProxyPart(config, log, metrics);
   if (!config.adminListen || !token) {
-    return { proxy, admin: null, adminToken: null, metrics, close: (grace) => proxy.close(grace) };
+    return { proxy, admin: null, adminToken: null, metrics, close: closeProxy };
   }
 
   const pool = new pg.Pool({ connectionString: upstream, max: 4, application_name: 'pgtenant-admin', connectionTimeoutMillis: config.connectTimeout });
@@ -63,7 +84,7 @@ export async function startRuntime({ config, log }: { config: Config; log: Logge
   try {
     admin = await startAdminServer({ listen: config.adminListen, token: token.token, log, context: { tenants, proxy, migrations, metrics, ready } });
   } catch (err) {
-    await proxy.close(0);
+    await closeProxy(0);
     await pool.end();
     throw err;
   }
@@ -76,7 +97,7 @@ export async function startRuntime({ config, log }: { config: Config; log: Logge
     adminToken: token,
     metrics,
     async close(graceMs) {
-      await Promise.all([proxy.close(graceMs), migrations.close()]);
+      await Promise.all([closeProxy(graceMs), migrations.close()]);
       await admin.close();
       await pool.end();
     },

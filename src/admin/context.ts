@@ -1,14 +1,14 @@
 // What admin routes are given to work with, and the shape of a route: the route table is data over these.
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import type { ProxyServer } from '../proxy/server.js';
+import type { ProxyControl } from '../proxy/activity.js';
 import type { TenantService } from '../tenants/service.js';
 import type { Metrics } from './metrics.js';
 import type { MigrationService } from './migrations.js';
 
 export interface AdminContext {
   readonly tenants: TenantService;
-  /** The proxy in this process, whose sessions the connection routes report and end. */
-  readonly proxy: ProxyServer;
+  /** The proxy whose sessions the connection routes report and end. */
+  readonly proxy: ProxyControl;
   readonly migrations: MigrationService;
   readonly metrics: Metrics;
   /** Resolves when the upstream answers and the proxy is not shutting down; rejects with an AdminError otherwise. */

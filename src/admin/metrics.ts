@@ -1,11 +1,14 @@
 // Prometheus metrics (prom-client): session events from the proxy, live states read at scrape time, migration jobs.
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 import type { TenantStatus } from '../migrate/runner.js';
 import type { ProxyObserver, SessionCounters, TenantConnections } from '../proxy/activity.js';
 import type { ProxyServer } from '../proxy/server.js';
 
 /** What the metrics read from the proxy at scrape time. */
 export type LiveSessions = Pick<ProxyServer, 'connections' | 'sessions'>;
+
+/** One process's metrics as prom-client's JSON, what worker processes send the primary at scrape time. */
+export type MetricsJson = MetricObjectWithValues<MetricValue<string>>[];
 
 /** What the metrics read from the migration jobs at scrape time. */
 export interface LiveJobs {
@@ -72,6 +75,8 @@ export class Metrics implements ProxyObserver {
   private readonly ended = new Map<string, SessionCounters>();
   private proxy: LiveSessions | null = null;
   private jobs: LiveJobs | null = null;
+  /** With --workers: each worker's metrics, summed into this process's own at scrape time. */
+  private workers: (() => Promise<MetricsJson[]>) | null = null;
   /** Read once per scrape and shared by the collectors, so the sessions are walked once, not six times. */
   private taken: LiveSnapshot | null = null;
 
@@ -199,6 +204,10 @@ export class Metrics implements ProxyObserver {
     this.proxy = proxy;
   }
 
+  attachWorkers(collect: () => Promise<MetricsJson[]>): void {
+    this.workers = collect;
+  }
+
   attachJobs(jobs: LiveJobs): void {
     this.jobs = jobs;
   }
@@ -252,13 +261,26 @@ export class Metrics implements ProxyObserver {
     this.migrationJobs.inc({ outcome: ok ? 'succeeded' : 'failed' });
   }
 
-  /** The exposition text and its content type. */
-  async scrape(): Promise<{ contentType: string; body: string }> {
+  /** Reads the registry with the live sessions walked once for all collectors. */
+  private async read<T>(from: (registry: Registry) => Promise<T>): Promise<T> {
     this.taken = this.snapshot();
     try {
-      return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+      return await from(this.registry);
     } finally {
       this.taken = null;
     }
+  }
+
+  /** This process's metrics as JSON, for the primary to aggregate. */
+  json(): Promise<MetricsJson> {
+    return this.read((r) => r.getMetricsAsJSON() as Promise<MetricsJson>);
+  }
+
+  /** The exposition text and its content type; with workers, their series are summed with this process's. */
+  async scrape(): Promise<{ contentType: string; body: string }> {
+    if (!this.workers) return { contentType: this.registry.contentType, body: await this.read((r) => r.metrics()) };
+    const [own, workers] = await Promise.all([this.json(), this.workers()]);
+    const all = AggregatorRegistry.aggregate([own, ...workers]);
+    return { contentType: all.contentType, body: await all.metrics() };
   }
 }

@@ -57,3 +57,26 @@ export function emptyConnections(tenant: string | null): TenantConnections {
     servers: Object.fromEntries(SERVER_STATES.map((s) => [s, 0])) as Record<ServerState, number>,
   };
 }
+
+/** The proxy of this instance (in this process, or in its worker processes), as the admin API sees it. */
+export interface ProxyControl {
+  readonly address: { host: string; port: number };
+  /** True once the proxy started to shut down. */
+  readonly closing: boolean;
+  /** Client and server connections by tenant and state, counted now. */
+  connections(): Promise<TenantConnections[]>;
+  /** Ends every session of a tenant with a FATAL the client can read; resolves to how many were ended. */
+  disconnectTenant(id: string, reason: string): Promise<number>;
+}
+
+/** Several processes' connection counts as one list, summed by tenant. */
+export function sumConnections(lists: readonly TenantConnections[][]): TenantConnections[] {
+  const byTenant = new Map<string | null, TenantConnections>();
+  for (const t of lists.flat()) {
+    let entry = byTenant.get(t.tenant);
+    if (!entry) byTenant.set(t.tenant, (entry = emptyConnections(t.tenant)));
+    for (const s of CLIENT_STATES) entry.clients[s] += t.clients[s];
+    for (const s of SERVER_STATES) entry.servers[s] += t.servers[s];
+  }
+  return [...byTenant.values()];
+}

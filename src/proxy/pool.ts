@@ -16,6 +16,11 @@ export interface PoolLimits {
   readonly size: number;
   /** Backends in all pools together; 0 for no cap. */
   readonly maxBackends: number;
+  /**
+   * Worker processes splitting the limits: each keeps --max-backends / workers (rounded down) and a pool's
+   * size / workers (rounded up, so a tenant always gets a backend on every worker).
+   */
+  readonly workers: number;
   /** Idle backends a pool with clients keeps ready. */
   readonly minIdle: number;
   /** Milliseconds a client waits for a backend before it is refused with 53300. */
@@ -95,12 +100,16 @@ export class BackendPool {
   private closing = 0;
   private sweeper: NodeJS.Timeout | null = null;
   private readonly sweepEvery: number;
+  /** This worker's share of --max-backends. */
+  private readonly maxBackends: number;
 
   constructor(
     private readonly limits: PoolLimits,
     private readonly log: Logger,
     private readonly observer: Pick<ProxyObserver, 'backendWaited'> = NO_OBSERVER,
   ) {
+    const { maxBackends, workers } = limits;
+    this.maxBackends = maxBackends === 0 ? 0 : Math.max(1, Math.floor(maxBackends / workers));
     this.sweepEvery = Math.max(10, Math.min(100, limits.waitTimeout / 10));
     const every = Math.max(100, Math.min(1000, limits.idleTimeout / 2));
     this.reaper = setInterval(() => this.reap(), every);
@@ -140,7 +149,7 @@ export class BackendPool {
     const reuse = open === null;
     open ??= pool.opener;
     if (!open) return Promise.reject(new Error('pool has no opener: join it with one first'));
-    pool.limit = size;
+    pool.limit = this.share(size);
     // Sessions after a disconnect start afresh; backends from before it still close on release.
     if (pool.retired && pool.active === 0 && pool.opening === 0) pool.retired = false;
     if (reuse) {
@@ -174,8 +183,8 @@ export class BackendPool {
   resize(tenant: string, size: number): void {
     for (const pool of this.pools.values()) {
       if (pool.key.tenant !== tenant) continue;
-      pool.limit = size;
-      while (pool.idle.length > 0 && pool.size > size) this.closeIdle(pool, 0);
+      pool.limit = this.share(size);
+      while (pool.idle.length > 0 && pool.size > pool.limit) this.closeIdle(pool, 0);
     }
     this.dispatch();
   }
@@ -225,7 +234,7 @@ export class BackendPool {
   private poolFor(key: PoolKey): KeyPool {
     const id = keyId(key);
     let pool = this.pools.get(id);
-    if (!pool) this.pools.set(id, (pool = new KeyPool(id, key, this.limits.size)));
+    if (!pool) this.pools.set(id, (pool = new KeyPool(id, key, this.share(this.limits.size))));
     return pool;
   }
 
@@ -375,13 +384,18 @@ export class BackendPool {
     });
   }
 
+  /** This worker's share of a pool's size. */
+  private share(size: number): number {
+    return Math.ceil(size / this.limits.workers);
+  }
+
   /** True when a pool other than `except` waits for global room (it is below its own size). */
   private starving(except: KeyPool): boolean {
     return this.rotation.some((p) => p !== except && p.waiters.length > 0 && p.size < p.limit);
   }
 
   private atGlobalCap(): boolean {
-    return this.limits.maxBackends > 0 && this.total >= this.limits.maxBackends;
+    return this.maxBackends > 0 && this.total >= this.maxBackends;
   }
 
   private joinRotation(pool: KeyPool): void {

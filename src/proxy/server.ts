@@ -5,7 +5,7 @@ import tls from 'node:tls';
 import { redactUrl, type Config } from '../config.js';
 import type { Logger } from '../logger.js';
 import { TenantDirectory } from '../tenants/directory.js';
-import { emptyConnections, NO_OBSERVER, type ProxyObserver, type TenantConnections } from './activity.js';
+import { emptyConnections, NO_OBSERVER, type ProxyControl, type ProxyObserver, type TenantConnections } from './activity.js';
 import { tlsServerEndPoint } from './auth/channel-binding.js';
 import { CancelRegistry } from './cancel.js';
 import { adminShutdown } from './errors.js';
@@ -15,6 +15,8 @@ import { upstreamTarget } from './upstream.js';
 
 export interface ProxyServer {
   readonly address: { host: string; port: number };
+  /** The same proxy as the admin API sees it. */
+  readonly control: ProxyControl;
   readonly pool: BackendPool;
   /** Live sessions, each with the promise of its end (for the admin API and tests). */
   sessions(): ReadonlyMap<Session, Promise<unknown>>;
@@ -35,6 +37,8 @@ export interface ProxyOptions {
   readonly tenants?: TenantLookup;
   /** Told of session events, for metrics. */
   readonly observer?: ProxyObserver;
+  /** Cancel keys; a worker's registry names its slot and forwards other slots' cancels. */
+  readonly cancels?: CancelRegistry;
 }
 
 /** The client TLS context and the certificate's channel-binding data, when a certificate is configured. */
@@ -78,6 +82,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     {
       size: config.poolSize,
       maxBackends: config.maxBackends,
+      workers: config.workers,
       minIdle: config.poolMinIdle,
       waitTimeout: config.poolWaitTimeout,
       idleTimeout: config.serverIdleTimeout,
@@ -90,7 +95,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     config,
     target: upstreamTarget(config.upstream),
     tenants,
-    cancels: new CancelRegistry(),
+    cancels: opts.cancels ?? new CancelRegistry(),
     pool,
     ...loadTls(config),
     observer,
@@ -186,8 +191,17 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     return closing;
   };
 
+  const control: ProxyControl = {
+    address,
+    get closing() {
+      return closing !== null;
+    },
+    connections: async () => connections(),
+    disconnectTenant: async (id, reason) => disconnectTenant(id, reason),
+  };
   return {
     address,
+    control,
     pool,
     sessions: () => live,
     connections,

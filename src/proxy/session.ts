@@ -219,9 +219,8 @@ export class Session implements TransactionLink {
   }
 
   private forwardCancel(processId: number, secretKey: Buffer): void {
-    const target = this.deps.cancels.find(processId, secretKey);
-    if (target) target.cancel();
-    else this.log.debug({ processId }, 'CancelRequest with an unknown key ignored');
+    const outcome = this.deps.cancels.cancel(processId, secretKey);
+    if (outcome === 'unknown') this.log.debug({ processId }, 'CancelRequest with an unknown key ignored');
   }
 
   /** Sends a CancelRequest for this session's backend. */

@@ -17,7 +17,7 @@ export const connectionRoutes = (ctx: AdminContext): AdminRoute[] => [
       },
     },
     handler: async () => {
-      const tenants = ctx.proxy.connections().sort((a, b) => (a.tenant ?? '').localeCompare(b.tenant ?? ''));
+      const tenants = (await ctx.proxy.connections()).sort((a, b) => (a.tenant ?? '').localeCompare(b.tenant ?? ''));
       const sum = (counts: Record<string, number>) => Object.values(counts).reduce((a, b) => a + b, 0);
       return {
         clients: tenants.reduce((n, t) => n + sum(t.clients), 0),
@@ -44,7 +44,7 @@ export const connectionRoutes = (ctx: AdminContext): AdminRoute[] => [
       const { id } = req.params as { id: string };
       await ctx.tenants.get(id); // 404 before anything is ended
       // Count here first: this proxy hears its own NOTIFY too, and may have ended them before the reply counted.
-      const disconnected = ctx.proxy.disconnectTenant(id, `an administrator disconnected tenant "${id}"`);
+      const disconnected = await ctx.proxy.disconnectTenant(id, `an administrator disconnected tenant "${id}"`);
       await ctx.tenants.disconnect(id);
       return { tenant: id, disconnected };
     },

@@ -75,7 +75,7 @@ export const tenantRoutes = (ctx: AdminContext): AdminRoute[] => [
     handler: async (req) => {
       const { id } = req.params as { id: string };
       const details = await ctx.tenants.details(id);
-      const live = ctx.proxy.connections().find((c) => c.tenant === id) ?? emptyConnections(id);
+      const live = (await ctx.proxy.connections()).find((c) => c.tenant === id) ?? emptyConnections(id);
       return { ...details, connections: { clients: live.clients, servers: live.servers } };
     },
   },

@@ -6,7 +6,7 @@ export const proxyCommand: Command = {
   command: 'proxy',
   describe: 'Run the proxy and the admin API',
   options: [
-    'upstream', 'listen', 'adminListen', 'adminToken', 'metricsTenantLimit', 'isolation', 'poolMode', 'auth', 'poolSize', 'maxBackends',
+    'upstream', 'listen', 'adminListen', 'adminToken', 'metricsTenantLimit', 'isolation', 'poolMode', 'auth', 'poolSize', 'maxBackends', 'workers',
     'poolMinIdle', 'poolWaitTimeout', 'serverIdleTimeout', 'serverLifetime', 'tlsCert', 'tlsKey', 'clientTls',
     'connectTimeout', 'shutdownTimeout', 'tenantCacheTtl', 'migrationsDir',
   ],
