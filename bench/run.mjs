@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { findExecutable, initTables, pgbenchArgs, runSelectOnly } from './lib/pgbench.mjs';
 import { ensurePgbouncer, pgbouncerVersion, startPgbouncer } from './lib/pgbouncer.mjs';
+import { startPlainRelay } from './lib/plain-relay.mjs';
 import { startProxy } from './lib/pgtenant.mjs';
 import { installExitHandlers, isStopping, runCommand, runMain } from './lib/processes.mjs';
 import { formatTable, ratio, writeJson } from './lib/report.mjs';
@@ -14,7 +15,18 @@ import { createTenant, describeUrl, startServer } from './lib/server.mjs';
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const TENANT = 'bench';
 const SCALE = 10;
-const TARGETS = ['direct', 'pgbouncer', 'pgtenant'];
+/**
+ * `pgtenant` is one process, `pgtenant-w2` runs --workers 2 (limits split between them), and `relay` is a plain
+ * Node.js pipe (session workloads only): pgtenant over relay is the cost of routing, auth and pooling.
+ */
+const TARGETS = ['direct', 'pgbouncer', 'pgtenant', 'pgtenant-w2', 'relay'];
+/** Ratios computed per row: [name, numerator, denominator]; the table shows them all. */
+const RATIOS = [
+  ['pgtenant/pgbouncer', 'pgtenant', 'pgbouncer'],
+  ['w2/pgbouncer', 'pgtenant-w2', 'pgbouncer'],
+  ['pgtenant/relay', 'pgtenant', 'relay'],
+  ['pgtenant/direct', 'pgtenant', 'direct'],
+];
 /** Backends per pool in transaction mode, the same for PgBouncer and pgtenant. */
 const TRANSACTION_POOL_SIZE = 20;
 const WORKLOADS = [
@@ -76,11 +88,18 @@ async function startTargets(serverPort, password, upstreamUrl) {
         log(`PgBouncer (${pool}) column skipped: ${err.message}`);
       }
     }
-    try {
-      set.pgtenant = await startProxy(repoRoot, upstreamUrl, { poolMode: pool, poolSize });
-    } catch (err) {
-      notes[`pgtenant ${pool}`] = err.message;
-      log(`pgtenant (${pool}) column failed: ${err.message}`);
+    const starters = {
+      pgtenant: () => startProxy(repoRoot, upstreamUrl, { poolMode: pool, poolSize }),
+      'pgtenant-w2': () => startProxy(repoRoot, upstreamUrl, { poolMode: pool, poolSize, workers: 2 }),
+      ...(pool === 'session' ? { relay: () => startPlainRelay(serverPort) } : {}),
+    };
+    for (const [name, start] of Object.entries(starters)) {
+      try {
+        set[name] = await start();
+      } catch (err) {
+        notes[`${name} ${pool}`] = err.message;
+        log(`${name} (${pool}) column failed: ${err.message}`);
+      }
     }
   }
   return { targets, notes };
@@ -113,12 +132,12 @@ async function measure(pgbench, conn, targets, seconds, runs) {
         try {
           const r = await runSelectOnly(pgbench, { ...conn, port: target.port }, { ...w, seconds });
           (samples[name] ??= []).push(r);
-          log(`  ${label.padEnd(35)} c=${String(w.clients).padStart(3)}  ${name.padEnd(9)}  run ${run + 1}/${runs}  ${r.tps.toFixed(0).padStart(7)} tps  ${r.latencyMs.toFixed(3)} ms`);
+          log(`  ${label.padEnd(35)} c=${String(w.clients).padStart(3)}  ${name.padEnd(11)}  run ${run + 1}/${runs}  ${r.tps.toFixed(0).padStart(7)} tps  ${r.latencyMs.toFixed(3)} ms`);
         } catch (err) {
           if (isStopping()) throw err;
           const died = target.child && target.child.exitCode !== null ? `\n${name} exited; its output:\n${target.child.output.text.trim()}` : '';
           row.targets[name] = { error: err.message + died };
-          log(`  ${label.padEnd(35)} c=${String(w.clients).padStart(3)}  ${name.padEnd(9)}  FAILED: ${err.message}${died}`);
+          log(`  ${label.padEnd(35)} c=${String(w.clients).padStart(3)}  ${name.padEnd(11)}  FAILED: ${err.message}${died}`);
         }
       }
     }
@@ -126,7 +145,7 @@ async function measure(pgbench, conn, targets, seconds, runs) {
       if (row.targets[name]?.error) continue;
       row.targets[name] = { tps: median(rs.map((r) => r.tps)), latencyMs: median(rs.map((r) => r.latencyMs)), runs: rs };
     }
-    row.ratios = { pgtenantOverPgbouncer: ratio(row, 'pgbouncer'), pgtenantOverDirect: ratio(row, 'direct') };
+    row.ratios = Object.fromEntries(RATIOS.map(([name, a, b]) => [name, ratio(row, a, b)]));
     rows.push(row);
   }
   return rows;
@@ -138,7 +157,7 @@ function addedLatency(rows) {
     .filter((r) => r.clients === 1 && r.targets.direct?.latencyMs != null)
     .map((r) => {
       const over = (name) => (r.targets[name]?.latencyMs != null ? Math.round((r.targets[name].latencyMs - r.targets.direct.latencyMs) * 1000) : null);
-      return { workload: r.workload, pgbouncerUs: over('pgbouncer'), pgtenantUs: over('pgtenant') };
+      return { workload: r.workload, pgbouncerUs: over('pgbouncer'), pgtenantUs: over('pgtenant'), relayUs: over('relay') };
     });
 }
 
@@ -172,8 +191,10 @@ async function main() {
   const rows = await measure(pgbench, conn, targets, seconds, runs);
   const added = addedLatency(rows);
   const shown = TARGETS.filter((t) => POOL_MODES.some((p) => targets[p][t]) || t === 'pgtenant');
-  log(`\nmedians of ${runs} runs of ${seconds} s:\n` + formatTable(rows, shown));
-  for (const a of added) log(`added latency, ${a.workload}, 1 client: PgBouncer ${a.pgbouncerUs ?? '-'} us, pgtenant ${a.pgtenantUs ?? '-'} us`);
+  log(`\nTPS, medians of ${runs} runs of ${seconds} s:\n` + formatTable(rows, shown, RATIOS.map(([name]) => name)));
+  for (const a of added) {
+    log(`added latency, ${a.workload}, 1 client: PgBouncer ${a.pgbouncerUs ?? '-'} us, pgtenant ${a.pgtenantUs ?? '-'} us, plain relay ${a.relayUs ?? '-'} us`);
+  }
   for (const [name, note] of Object.entries(notes)) log(`note: ${name}: ${note.split('\n')[0]}`);
 
   const pgbenchVersion = (await runCommand(pgbench, ['--version'])).stdout.trim();

@@ -1,9 +1,9 @@
-// The pgtenant proxy as a child process (session or transaction mode), with the admin API off and quiet logs.
+// The pgtenant proxy as a child process (session or transaction mode, one or more workers), with the admin API off and quiet logs.
 import { join } from 'node:path';
 import { freePort, startChild, stopChild, waitForPort } from './processes.mjs';
 
 /** Starts `pgtenant proxy`; on failure the error carries the proxy's own stderr. */
-export async function startProxy(repoRoot, upstreamUrl, { poolMode = 'session', poolSize = 30 } = {}) {
+export async function startProxy(repoRoot, upstreamUrl, { poolMode = 'session', poolSize = 30, workers = 1 } = {}) {
   const port = await freePort();
   const args = [
     join(repoRoot, 'bin', 'pgtenant.js'),
@@ -13,6 +13,7 @@ export async function startProxy(repoRoot, upstreamUrl, { poolMode = 'session', 
     '--admin-listen', 'off',
     '--pool-mode', poolMode,
     '--pool-size', String(poolSize),
+    '--workers', String(workers),
     '--log-level', 'warn',
   ];
   const child = startChild(process.execPath, args, { cwd: repoRoot });

@@ -4,28 +4,25 @@ import { dirname } from 'node:path';
 
 const fmt = {
   tps: (r) => (r?.tps != null ? r.tps.toFixed(0) : r?.error ? 'error' : '-'),
-  lat: (r) => (r?.latencyMs != null ? r.latencyMs.toFixed(3) : '-'),
   ratio: (x) => (x != null ? x.toFixed(2) : '-'),
 };
 
-/** pgtenant TPS divided by another target's, or null when either is missing. */
-export function ratio(row, over) {
-  const a = row.targets.pgtenant?.tps;
-  const b = row.targets[over]?.tps;
-  return a != null && b ? a / b : null;
+/** One target's TPS divided by another's, or null when either is missing. */
+export function ratio(row, a, b) {
+  const x = row.targets[a]?.tps;
+  const y = row.targets[b]?.tps;
+  return x != null && y ? x / y : null;
 }
 
-/** A plain-text table: one line per workload, TPS and latency per target, then the ratios. */
-export function formatTable(rows, targetNames) {
-  const header = ['workload', 'clients'];
-  for (const t of targetNames) header.push(`${t} tps`, `${t} ms`);
-  header.push('pgtenant/pgbouncer', 'pgtenant/direct');
-  const lines = rows.map((row) => {
-    const cells = [row.workload, String(row.clients)];
-    for (const t of targetNames) cells.push(fmt.tps(row.targets[t]), fmt.lat(row.targets[t]));
-    cells.push(fmt.ratio(row.ratios.pgtenantOverPgbouncer), fmt.ratio(row.ratios.pgtenantOverDirect));
-    return cells;
-  });
+/** A plain-text table: one line per workload, TPS per target, then the named ratios (row.ratios keys). */
+export function formatTable(rows, targetNames, ratioNames) {
+  const header = ['workload', 'clients', ...targetNames, ...ratioNames];
+  const lines = rows.map((row) => [
+    row.workload,
+    String(row.clients),
+    ...targetNames.map((t) => fmt.tps(row.targets[t])),
+    ...ratioNames.map((r) => fmt.ratio(row.ratios[r])),
+  ]);
   return renderTable(header, lines);
 }
 

@@ -8,8 +8,11 @@ import { isPgtenantMessage, WORKER_SLOT_ENV, type FromWorker, type ToWorker, typ
 
 /** How long a worker gets to answer the admin API before it is left out of the answer. */
 const REPLY_TIMEOUT_MS = 2000;
-/** A worker that died is started again after this; one that keeps dying is retried at this pace, not faster. */
+/** A worker that died is started again after this, doubled for each quick death in a row (up to the maximum). */
 const RESTART_DELAY_MS = 1000;
+const RESTART_DELAY_MAX_MS = 30_000;
+/** A worker that lived this long died of something new: its slot's delay starts again from the first. */
+const STABLE_AFTER_MS = 10_000;
 /** Beyond the drain grace, how long workers get to exit before they are killed. */
 const EXIT_GRACE_MS = 5000;
 
@@ -48,15 +51,20 @@ export async function startWorkers({ config, log: parent }: { config: Config; lo
     else p.resolve(m.value);
   };
 
+  const quickDeaths: number[] = new Array<number>(config.workers).fill(0);
   const fork = (slot: number): Worker => {
     const worker = cluster.fork({ [WORKER_SLOT_ENV]: String(slot) });
+    const startedAt = Date.now();
     slots[slot] = worker;
     worker.on('message', onMessage);
     worker.once('exit', (code, signal) => {
       if (slots[slot] === worker) slots[slot] = null;
       if (closing) return;
-      log.error({ worker: slot, code, signal }, 'proxy worker exited; starting another');
-      setTimeout(() => closing || fork(slot), RESTART_DELAY_MS).unref();
+      // A worker that cannot start (the upstream is down) is retried ever more slowly, not every second.
+      quickDeaths[slot] = Date.now() - startedAt < STABLE_AFTER_MS ? quickDeaths[slot]! + 1 : 0;
+      const delay = Math.min(RESTART_DELAY_MAX_MS, RESTART_DELAY_MS * 2 ** Math.max(0, quickDeaths[slot]! - 1));
+      log.error({ worker: slot, code, signal, restartInMs: delay }, 'proxy worker exited; starting another');
+      setTimeout(() => closing || fork(slot), delay).unref();
     });
     return worker;
   };

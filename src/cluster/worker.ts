@@ -22,7 +22,14 @@ export async function startWorker({ config, log: parent }: { config: Config; log
     send({ pgtenant: 'cancel', slot: to, processId, secretKey: secretKey.toString('base64') }),
   );
   const metrics = new Metrics({ tenantLimit: config.metricsTenantLimit });
-  const proxy = await startProxy({ config, log, observer: metrics, cancels });
+  let proxy: ProxyServer;
+  try {
+    proxy = await startProxy({ config, log, observer: metrics, cancels });
+  } catch (err) {
+    // The IPC channel would keep this process alive: let go of it, so the primary sees the exit (and the error).
+    if (process.connected) process.disconnect();
+    throw err;
+  }
   metrics.attachProxy(proxy);
 
   const ops: { [K in WorkerOp['op']]: (req: Extract<WorkerOp, { op: K }>) => unknown } = {

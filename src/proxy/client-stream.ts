@@ -1,5 +1,6 @@
 // Transaction mode, client to server: frames the client's messages, renames its prepared statements, prepares them where missing.
 import { PgError, protocolViolation } from './errors.js';
+import { Pieces } from './pieces.js';
 import { Frontend } from './protocol/constants.js';
 import { bindStatementName, closeStatementFrame, describedName, parseName, renamed } from './protocol/extended.js';
 import type { ServerAnswers } from './server-answers.js';
@@ -7,8 +8,8 @@ import { ClientStatements, type Statement } from './statements.js';
 
 const HEADER = 5;
 const NONE_PREPARED: Set<string> = new Set();
-/** What process() returns: written by the caller before any other chunk is processed, so one array serves all clients. */
-const CLIENT_OUT: Buffer[] = [];
+/** What process() returns: written and cleared by the caller before any other chunk is processed, so one serves all clients. */
+const CLIENT_OUT = new Pieces();
 const STATEMENT = 0x53; // 'S' in Describe and Close
 /** Room for a message's names (type, length, portal and statement names); PostgreSQL keeps 63 bytes of a name. */
 const GATHER_PREFIX = 1024;
@@ -52,10 +53,10 @@ export class ClientStream {
    * What goes to the backend for this chunk, in order (the chunk itself when nothing changes). `prepared` is the
    * linked backend's set of statements. Throws a PgError on a malformed message.
    */
-  process(chunk: Buffer, prepared: Set<string>): Buffer[] {
+  process(chunk: Buffer, prepared: Set<string>): Pieces {
     this.prepared = prepared;
     const out = CLIENT_OUT;
-    out.length = 0;
+    out.clear();
     let pass = 0; // start of bytes forwarded unchanged
     let i = 0;
     const n = chunk.length;
@@ -82,20 +83,21 @@ export class ClientStream {
           i += HEADER;
         } else if (n - i >= 1 + length) {
           // The whole message is here: read in place, and cut out of the chunk only when it changes.
-          const pieces = this.clientMessage(chunk.subarray(i, i + 1 + length));
+          const pieces = this.clientMessage(chunk, i, i + 1 + length);
           if (pieces) {
-            out.push(chunk.subarray(pass, i), ...pieces);
+            out.add(chunk.subarray(pass, i));
+            for (const piece of pieces) out.add(piece);
             pass = i + 1 + length;
           }
           i += 1 + length;
         } else {
-          out.push(chunk.subarray(pass, i));
+          out.add(chunk.subarray(pass, i));
           pass = i;
           this.startGather(length); // the branch above copies it in from here, header included
         }
       } else {
         // A header split across chunks: held back until whole, so a message that changes is never half sent.
-        if (this.cHeaderSeen === 0) out.push(chunk.subarray(pass, i));
+        if (this.cHeaderSeen === 0) out.add(chunk.subarray(pass, i));
         (this.cHeader ??= Buffer.alloc(HEADER))[this.cHeaderSeen++] = chunk[i++]!;
         pass = i;
         if (this.cHeaderSeen === HEADER) {
@@ -111,13 +113,13 @@ export class ClientStream {
           } else {
             this.clientHeader(type, -1, out, chunk, pass);
             if (this.terminated) break;
-            out.push(Buffer.from(this.cHeader!));
+            out.add(Buffer.from(this.cHeader!));
             this.cRemaining = length - 4;
           }
         }
       }
     }
-    if (!this.terminated && this.cHeaderSeen === 0 && !this.gather) out.push(pass === 0 && i === n ? chunk : chunk.subarray(pass, i));
+    if (!this.terminated && this.cHeaderSeen === 0 && !this.gather) out.add(pass === 0 && i === n ? chunk : chunk.subarray(pass, i));
     return out;
   }
 
@@ -132,7 +134,7 @@ export class ClientStream {
     this.gathered = 0;
   }
 
-  private gatherStep(out: Buffer[]): void {
+  private gatherStep(out: Pieces): void {
     const view = this.gather!.subarray(0, this.gathered);
     const whole = this.gathered === this.gatherTotal;
     if (!whole && !namesComplete(view)) {
@@ -151,12 +153,12 @@ export class ClientStream {
       return;
     }
     this.gather = null;
-    out.push(...(this.clientMessage(view) ?? [view]));
+    for (const piece of this.clientMessage(view, 0, view.length) ?? [view]) out.add(piece);
     this.cRemaining = this.gatherTotal - view.length;
   }
 
   /** Headers of messages passed on unread: counters, sync points, and Terminate (which stays with the proxy). */
-  private clientHeader(type: number, at: number, out: Buffer[], chunk: Buffer, pass: number): void {
+  private clientHeader(type: number, at: number, out: Pieces, chunk: Buffer, pass: number): void {
     if (type === Frontend.Query) this.queries++;
     switch (type) {
       case Frontend.Query:
@@ -167,7 +169,7 @@ export class ClientStream {
         this.answers.sync();
         break;
       case Frontend.Terminate:
-        if (at >= 0) out.push(chunk.subarray(pass, at));
+        if (at >= 0) out.add(chunk.subarray(pass, at));
         this.terminated = true;
         break;
       case Frontend.Execute:
@@ -185,12 +187,20 @@ export class ClientStream {
   }
 
   /**
-   * A whole Parse, Bind, Describe or Close. Returns what goes to the server instead of it (the statement
-   * renamed, prepared first on a backend that lacks it), or null when it passes unchanged.
+   * A whole Parse, Bind, Describe or Close at [at, end) of `buf`. Returns what goes to the server instead of it
+   * (the statement renamed, prepared first on a backend that lacks it), or null when it passes unchanged.
    */
-  private clientMessage(frame: Buffer): Buffer[] | null {
+  private clientMessage(buf: Buffer, at: number, end: number): Buffer[] | null {
     this.unsynced++;
-    switch (frame[0]) {
+    const type = buf[at]!;
+    // The unnamed statement and portal (most drivers' one-off queries) need no bookkeeping: no name is read,
+    // no view of the message is made, nothing is allocated.
+    if (namesOnlyUnnamed(type, buf, at, end)) {
+      if (type === Frontend.Parse || type === Frontend.Close) this.answers.client();
+      return null;
+    }
+    const frame = at === 0 && end === buf.length ? buf : buf.subarray(at, end);
+    switch (type) {
       case Frontend.Parse: {
         const statement = this.statements.define(frame);
         if (!statement) {
@@ -204,19 +214,19 @@ export class ClientStream {
         return [closeStatementFrame(statement.server), statement.parse];
       }
       case Frontend.Bind: {
-        const at = bindStatementName(frame);
-        const statement = at.name === '' ? undefined : this.statements.get(at.name);
-        return statement ? [...this.prepare(statement), renamed(frame, at, statement.server)] : null;
+        const name = bindStatementName(frame);
+        const statement = this.statements.get(name.name);
+        return statement ? [...this.prepare(statement), renamed(frame, name, statement.server)] : null;
       }
       case Frontend.Describe: {
-        const at = describedName(frame);
-        const statement = at.kind === STATEMENT && at.name !== '' ? this.statements.get(at.name) : undefined;
-        return statement ? [...this.prepare(statement), renamed(frame, at, statement.server)] : null;
+        const name = describedName(frame);
+        const statement = name.kind === STATEMENT ? this.statements.get(name.name) : undefined;
+        return statement ? [...this.prepare(statement), renamed(frame, name, statement.server)] : null;
       }
       default: {
         // Close, passed on as it is: the server has no statement of the client's name, and closing none is no error.
-        const at = describedName(frame);
-        if (at.kind === STATEMENT) this.statements.delete(at.name);
+        const name = describedName(frame);
+        if (name.kind === STATEMENT) this.statements.delete(name.name);
         this.answers.client();
         return null;
       }
@@ -244,6 +254,23 @@ function namesComplete(view: Buffer): boolean {
     }
     default:
       return view.length > HEADER + 1 && view.indexOf(0, HEADER + 1) >= 0;
+  }
+}
+
+/**
+ * True when the Parse, Bind, Describe or Close at [at, end) names only the unnamed statement or portal: a Parse
+ * with an empty name, a Bind of the unnamed statement, a Describe or Close with an empty name.
+ */
+function namesOnlyUnnamed(type: number, buf: Buffer, at: number, end: number): boolean {
+  switch (type) {
+    case Frontend.Parse:
+      return end - at > HEADER && buf[at + HEADER] === 0;
+    case Frontend.Bind: {
+      const portalEnd = buf.indexOf(0, at + HEADER);
+      return portalEnd >= 0 && portalEnd + 1 < end && buf[portalEnd + 1] === 0;
+    }
+    default:
+      return end - at > HEADER + 1 && buf[at + HEADER + 1] === 0;
   }
 }
 

@@ -30,6 +30,17 @@ const EFFECTS: ReadonlyMap<string, TagEffect> = new Map([
   ['DECLARE CURSOR', reset('cursors WITH HOLD do not survive pool_mode transaction')],
 ]);
 
+/** The first four bytes of every tag above (a 3-letter tag with its NUL), as big-endian integers. */
+const PREFIXES: ReadonlySet<number> = new Set([...EFFECTS.keys()].map((tag) => Buffer.from(tag + '\0', 'latin1').readUInt32BE(0)));
+
+/**
+ * False when the tag in `bytes[0, length)` (NUL-terminated) surely has no effect, read without making a string:
+ * the transaction relay checks every CommandComplete, and nearly all are SELECT, INSERT, UPDATE or COMMIT.
+ */
+export function mayChangeSession(bytes: Buffer, length: number): boolean {
+  return length >= 4 && PREFIXES.has(bytes.readUInt32BE(0));
+}
+
 /** The effect of a command tag, or null for the (many) that leave session state alone. */
 export function tagEffect(tag: string): TagEffect | null {
   return EFFECTS.get(tag) ?? null;

@@ -16,45 +16,68 @@ const SYNC: Owed = { swallow: false, sync: true, statement: null };
  * ParseComplete or CloseComplete, whether the client or the proxy asked for it.
  */
 export class ServerAnswers {
-  private readonly owed: Owed[] = [];
+  // A ring, not an array used with push and shift: V8 moves or regrows such an array's storage as it
+  // slides, which is an allocation every few messages on the hot path. Made at first use; grows by doubling.
+  private ring: Owed[] = [];
+  private head = 0;
+  private count = 0;
+
+  private push(owed: Owed): void {
+    if (this.count === this.ring.length) this.grow();
+    this.ring[(this.head + this.count) & (this.ring.length - 1)] = owed;
+    this.count++;
+  }
+
+  private shift(): Owed {
+    const owed = this.ring[this.head]!;
+    this.head = (this.head + 1) & (this.ring.length - 1);
+    this.count--;
+    return owed;
+  }
+
+  private grow(): void {
+    const bigger = new Array<Owed>(Math.max(8, this.ring.length * 2)).fill(PASS);
+    for (let k = 0; k < this.count; k++) bigger[k] = this.ring[(this.head + k) & (this.ring.length - 1)]!;
+    this.ring = bigger;
+    this.head = 0;
+  }
 
   clear(): void {
-    this.owed.length = 0;
+    this.head = 0;
+    this.count = 0;
   }
 
   /** The client's own Parse or Close; `statement` for a named Parse (prepared under that server name). */
   client(statement: string | null = null): void {
-    this.owed.push(statement ? { swallow: false, sync: false, statement } : PASS);
+    this.push(statement ? { swallow: false, sync: false, statement } : PASS);
   }
 
   /** A Close or Parse the proxy sent on its own: the client must not see the answer. */
   proxy(statement: string | null = null): void {
-    this.owed.push(statement ? { swallow: true, sync: false, statement } : SWALLOW);
+    this.push(statement ? { swallow: true, sync: false, statement } : SWALLOW);
   }
 
   /** Sync, Query or FunctionCall: the server answers it with ReadyForQuery. */
   sync(): void {
-    this.owed.push(SYNC);
+    this.push(SYNC);
   }
 
   /** A ParseComplete or CloseComplete arrived: true when it answers the proxy's own message. */
   completed(): boolean {
-    const next = this.owed[0];
-    if (!next || next.sync) return false;
-    this.owed.shift();
-    return next.swallow;
+    if (this.count === 0 || this.ring[this.head]!.sync) return false;
+    return this.shift().swallow;
   }
 
   /** An ErrorResponse: the rest of the batch never runs; each statement whose Parse did not leaves `prepared`. */
   failed(prepared: Set<string>): void {
-    while (this.owed.length > 0 && !this.owed[0]!.sync) {
-      const dropped = this.owed.shift()!;
+    while (this.count > 0 && !this.ring[this.head]!.sync) {
+      const dropped = this.shift();
       if (dropped.statement) prepared.delete(dropped.statement);
     }
   }
 
   /** ReadyForQuery: the batch up to its sync point is answered. */
   ready(): void {
-    while (this.owed.length > 0 && !this.owed.shift()!.sync);
+    while (this.count > 0 && !this.shift().sync);
   }
 }

@@ -2,12 +2,13 @@
 import type net from 'node:net';
 import type { ClientState } from './activity.js';
 import { ClientStream } from './client-stream.js';
-import { tagEffect } from './command-tags.js';
 import { PgError } from './errors.js';
 import { Backend, Frontend } from './protocol/constants.js';
-import { BackendWriter, errorResponseFor } from './protocol/writer.js';
+import type { Pieces } from './pieces.js';
+import { errorResponseFor } from './protocol/writer.js';
 import { endGracefully, type RelayEnd, type RelayStats } from './relay.js';
 import { ServerAnswers } from './server-answers.js';
+import { ServerStream } from './server-stream.js';
 import type { BackendConnection, BackendSink } from './upstream.js';
 
 /** What the relay needs from its session: backends for transactions, and a place to give them back. */
@@ -18,7 +19,6 @@ export interface TransactionLink {
   transactionEnded(backend: BackendConnection, dirty: boolean): void;
 }
 
-const HEADER = 5;
 const IDLE = 0x49; // 'I'
 const STATUS_STATE: Record<number, Exclude<ClientState, 'login' | 'active'>> = {
   0x49: 'idle',
@@ -26,12 +26,9 @@ const STATUS_STATE: Record<number, Exclude<ClientState, 'login' | 'active'>> = {
   0x45: 'idle_in_transaction_aborted',
 };
 
-const CAPTURE = 64;
 const STASH_LIMIT = 64 * 1024;
-const SQLSTATE_FEATURE_NOT_SUPPORTED = Buffer.from('C0A000\0');
-
-/** The pieces of one server chunk to write: filled and written within one synchronous call, so one serves all relays. */
-const SERVER_OUT: Buffer[] = [];
+/** Up to this many bytes, a chunk cut into pieces is written as one copy. */
+const COALESCE_LIMIT = 16 * 1024;
 
 const RELAY = Symbol('pgtenant.relay');
 type RelayedSocket = net.Socket & { [RELAY]: TransactionRelay };
@@ -52,7 +49,9 @@ export class TransactionRelay implements BackendSink {
     return this.clientStream.queries;
   }
   /** Transactions the server finished (ReadyForQuery back to idle after other messages). */
-  transactions = 0;
+  get transactions(): number {
+    return this.serverStream.transactions;
+  }
   readonly done: Promise<RelayEnd>;
   private finish!: (why: RelayEnd) => void;
   private ended: RelayEnd | null = null;
@@ -64,26 +63,7 @@ export class TransactionRelay implements BackendSink {
   private stashed = 0;
   private readonly answers = new ServerAnswers();
   private readonly clientStream = new ClientStream(this.answers);
-  /** The client changed session state on this backend (SET, LISTEN, ...): it is reset before reuse. */
-  private dirty = false;
-  private readies = 0;
-  private status = IDLE;
-  private sinceReady = 0;
-
-  // Server framing, and a few body bytes captured for CommandComplete tags and ErrorResponse codes.
-  /** Allocated at the first header split across chunks (idle clients are many; splits are rare). */
-  private sHeader: Buffer | null = null;
-  private sHeaderSeen = 0;
-  private sRemaining = 0;
-  private sType = 0;
-  private sLastType = 0;
-  private readonly capture = Buffer.alloc(CAPTURE);
-  private captureLength = 0;
-  private captureWant = 0;
-  private wantStatus = false;
-
-  /** A warning for the client about something transaction mode cannot carry, sent at the next boundary. */
-  private pendingNotice: string | null = null;
+  private readonly serverStream = new ServerStream(this.answers);
 
   constructor(
     readonly client: net.Socket,
@@ -125,11 +105,12 @@ export class TransactionRelay implements BackendSink {
   }
 
   get clientState(): Exclude<ClientState, 'login'> {
-    if (this.backend && (this.clientStream.syncs > this.readies || this.sLastType !== Backend.ReadyForQuery || this.sHeaderSeen > 0 || this.sRemaining > 0)) {
+    const server = this.serverStream;
+    if (this.backend && (this.clientStream.syncs > server.readies || server.lastType !== Backend.ReadyForQuery || !server.atBoundary)) {
       return 'active';
     }
     if (this.acquiring) return 'waiting';
-    return STATUS_STATE[this.status] ?? 'idle';
+    return STATUS_STATE[server.status] ?? 'idle';
   }
 
   /** The backend linked when the relay ended, with where it stands (null: half done, close it). */
@@ -138,9 +119,10 @@ export class TransactionRelay implements BackendSink {
     if (!backend) return null;
     this.unlink(backend);
     const violated = this.ended === 'client_protocol_violation' || this.ended === 'server_protocol_violation';
-    const clean = !violated && this.atClientBoundary() && this.clientStream.unsynced === 0 && this.atServerBoundary() && this.clientStream.syncs === this.readies;
-    const state = clean ? (this.status === IDLE ? 'idle' : 'idle_in_transaction') : null;
-    return { backend, state, dirty: this.dirty };
+    const server = this.serverStream;
+    const clean = !violated && this.atClientBoundary() && this.clientStream.unsynced === 0 && server.atBoundary && this.clientStream.syncs === server.readies;
+    const state = clean ? (server.status === IDLE ? 'idle' : 'idle_in_transaction') : null;
+    return { backend, state, dirty: server.dirty };
   }
 
   end(why: RelayEnd, lastWords?: Buffer): void {
@@ -150,7 +132,7 @@ export class TransactionRelay implements BackendSink {
     this.client.off('drain', onClientDrain);
     this.client.off('close', onClientClose);
     if (why === 'client_closed') this.client.destroy();
-    else endGracefully(this.client, lastWords && this.atServerBoundary() ? lastWords : undefined);
+    else endGracefully(this.client, lastWords && this.serverStream.atBoundary ? lastWords : undefined);
     this.finish(why);
   }
 
@@ -205,8 +187,7 @@ export class TransactionRelay implements BackendSink {
 
   private linked(backend: BackendConnection): void {
     this.backend = backend;
-    this.dirty = false;
-    this.sinceReady = 0;
+    this.serverStream.linked();
     // Nothing is owed between transactions; a stale expectation must never swallow the next backend's answers.
     this.answers.clear();
     backend.relayTo(this);
@@ -220,29 +201,35 @@ export class TransactionRelay implements BackendSink {
   /** After ReadyForQuery(idle) with nothing more owed either way, the backend goes back to the pool. */
   private maybeRelease(): void {
     const backend = this.backend;
-    if (!backend || this.status !== IDLE || this.sLastType !== Backend.ReadyForQuery) return;
-    if (this.clientStream.syncs !== this.readies || this.clientStream.unsynced > 0 || !this.atClientBoundary() || !this.atServerBoundary()) return;
+    const server = this.serverStream;
+    if (!backend || server.status !== IDLE || server.lastType !== Backend.ReadyForQuery) return;
+    if (this.clientStream.syncs !== server.readies || this.clientStream.unsynced > 0 || !this.atClientBoundary() || !server.atBoundary) return;
     this.unlink(backend);
-    this.session.transactionEnded(backend, this.dirty);
+    this.session.transactionEnded(backend, server.dirty);
   }
 
   private atClientBoundary(): boolean {
     return this.clientStream.atBoundary;
   }
 
-  private atServerBoundary(): boolean {
-    return this.sHeaderSeen === 0 && this.sRemaining === 0;
-  }
-
-  /** One write for the usual single piece; several are corked so they leave together. */
-  private write(to: net.Socket, from: net.Socket, pieces: Buffer[]): void {
+  /**
+   * One write for the usual single piece. Several small ones (a renamed Bind among other messages) are copied
+   * into one write, which costs less than a write each; large ones are corked so they leave together uncopied.
+   */
+  private write(to: net.Socket, from: net.Socket, pieces: Pieces): void {
     let ok = true;
-    if (pieces.length === 1) ok = to.write(pieces[0]!);
+    if (pieces.length === 1) ok = to.write(pieces.get(0));
+    else if (pieces.length === 0) return;
+    else if (pieces.size <= COALESCE_LIMIT) ok = to.write(pieces.concat());
     else {
       to.cork();
-      for (const p of pieces) if (p.length > 0) ok = to.write(p) && ok;
+      for (let k = 0; k < pieces.length; k++) {
+        const p = pieces.get(k);
+        if (p.length > 0) ok = to.write(p) && ok;
+      }
       to.uncork();
     }
+    pieces.clear();
     if (!ok) from.pause();
   }
 
@@ -267,114 +254,18 @@ export class TransactionRelay implements BackendSink {
 
   /** After the client's Terminate: once everything it sent before is answered, the proxy closes, as PostgreSQL would. */
   private closeIfAnswered(): void {
-    if (!this.backend || (this.clientStream.syncs === this.readies && this.atServerBoundary())) this.end('client_terminated');
+    if (!this.backend || (this.clientStream.syncs === this.serverStream.readies && this.serverStream.atBoundary)) this.end('client_terminated');
   }
 
   // ---- server -> client ----
 
   private fromServer(chunk: Buffer): void {
     this.stats.bytesOut += chunk.length;
-    const out = SERVER_OUT;
-    out.length = 0;
-    let pass = 0;
-    let i = 0;
-    const n = chunk.length;
-    while (i < n) {
-      if (this.sRemaining > 0) {
-        if (this.wantStatus) {
-          this.status = chunk[i]!;
-          this.wantStatus = false;
-          if (this.status === IDLE && this.sinceReady > 0) this.transactions++;
-          this.sinceReady = 0;
-        }
-        const step = Math.min(this.sRemaining, n - i);
-        if (this.captureLength < this.captureWant) {
-          const take = Math.min(step, this.captureWant - this.captureLength);
-          chunk.copy(this.capture, this.captureLength, i, i + take);
-          this.captureLength += take;
-          if (this.captureLength === this.captureWant) this.captured();
-        }
-        this.sRemaining -= step;
-        i += step;
-      } else if (this.sHeaderSeen === 0 && n - i >= HEADER) {
-        const length = chunk.readInt32BE(i + 1);
-        if (length < 4) return this.end('server_protocol_violation');
-        if (this.serverHeader(chunk[i]!, length)) {
-          out.push(chunk.subarray(pass, i));
-          pass = i + HEADER;
-        }
-        i += HEADER;
-      } else {
-        if (this.sHeaderSeen === 0) out.push(chunk.subarray(pass, i));
-        (this.sHeader ??= Buffer.alloc(HEADER))[this.sHeaderSeen++] = chunk[i++]!;
-        pass = i;
-        if (this.sHeaderSeen === HEADER) {
-          this.sHeaderSeen = 0;
-          const length = this.sHeader!.readInt32BE(1);
-          if (length < 4) return this.end('server_protocol_violation');
-          if (!this.serverHeader(this.sHeader![0]!, length)) out.push(Buffer.from(this.sHeader!));
-        }
-      }
-    }
-    if (this.sHeaderSeen === 0) out.push(pass === 0 ? chunk : chunk.subarray(pass, n));
-    if (this.pendingNotice && this.atServerBoundary()) {
-      out.push(new BackendWriter(128).noticeResponse({ severity: 'WARNING', code: '0A000', message: this.pendingNotice }).flush());
-      this.pendingNotice = null;
-    }
-    this.write(this.client, this.backend!.socket, out);
+    const backend = this.backend!;
+    const out = this.serverStream.process(chunk, backend.statements);
+    if (!out) return this.end('server_protocol_violation');
+    this.write(this.client, backend.socket, out);
     this.maybeRelease();
     if (this.clientStream.terminated) this.closeIfAnswered();
-  }
-
-  /** Reads one server header; true when the message (a bodiless answer to the proxy's own Close or Parse) is dropped. */
-  private serverHeader(type: number, length: number): boolean {
-    this.sType = type;
-    this.sLastType = type;
-    this.sRemaining = length - 4;
-    this.captureLength = 0;
-    this.captureWant = 0;
-    switch (type) {
-      case Backend.ReadyForQuery:
-        this.readies++;
-        this.wantStatus = this.sRemaining > 0;
-        this.answers.ready();
-        return false;
-      case 0x31: // ParseComplete
-      case 0x33: // CloseComplete
-        this.sinceReady++;
-        return this.answers.completed() && length === 4;
-      case Backend.ErrorResponse:
-        // The server skips to the next Sync: what it owed for the rest of this batch never comes.
-        if (this.backend) this.answers.failed(this.backend.statements.names);
-        this.captureWant = Math.min(CAPTURE, this.sRemaining);
-        break;
-      case 0x43: // CommandComplete
-        this.captureWant = Math.min(CAPTURE, this.sRemaining);
-        break;
-      case Backend.ParameterStatus:
-        this.dirty = true;
-        break;
-    }
-    this.sinceReady++;
-    if (this.captureWant === 0 && (type === Backend.ErrorResponse || type === 0x43)) this.captured();
-    return false;
-  }
-
-  /** A CommandComplete tag or the start of an ErrorResponse, whole. */
-  private captured(): void {
-    const bytes = this.capture.subarray(0, this.captureLength);
-    if (this.sType === 0x43) {
-      const nul = bytes.indexOf(0);
-      const effect = tagEffect(bytes.toString('latin1', 0, nul < 0 ? bytes.length : nul));
-      if (!effect) return;
-      this.dirty = true;
-      if (effect.forgetsStatements) this.backend?.statements.forget();
-      this.pendingNotice ??= effect.warning;
-    } else if (bytes.indexOf(SQLSTATE_FEATURE_NOT_SUPPORTED) >= 0 && this.backend) {
-      // "cached plan must not change result type" after a migration: every backend of the pool prepares
-      // afresh, so the tenant's clients see the error once, not once per backend.
-      this.backend.statements.expire();
-      this.dirty = true;
-    }
   }
 }

@@ -235,3 +235,23 @@ describe('Metrics as a ProxyObserver (no proxy attached)', () => {
     expect(samples.filter((s) => s.name.startsWith('pgtenant_')).every((s) => Number.isFinite(s.value))).toBe(true);
   });
 });
+
+describe('Metrics with workers attached (the cluster primary)', () => {
+  it("sums the workers' series with its own, per label set, and keeps histograms whole", async () => {
+    const workers = [new Metrics({ tenantLimit: 10 }), new Metrics({ tenantLimit: 10 })];
+    workers[0]!.sessionStarted('acme');
+    workers[1]!.sessionStarted('acme');
+    workers[1]!.sessionStarted('globex');
+    workers[0]!.backendConnected(0.002);
+    workers[1]!.backendConnected(0.2);
+    const primary = new Metrics({ tenantLimit: 10 });
+    primary.migrationJobFinished(true);
+    primary.attachWorkers(() => Promise.all(workers.map((w) => w.json())));
+    const { samples } = await scrape(primary);
+    expect(sampleValue(samples, 'pgtenant_sessions_started_total', { tenant: 'acme' })).toBe(2);
+    expect(sampleValue(samples, 'pgtenant_sessions_started_total', { tenant: 'globex' })).toBe(1);
+    expect(sampleValue(samples, 'pgtenant_migration_jobs_total', { outcome: 'succeeded' })).toBe(1);
+    expect(sampleValue(samples, 'pgtenant_backend_connect_duration_seconds_count', {})).toBe(2);
+    expect(sampleValue(samples, 'pgtenant_backend_connect_duration_seconds_bucket', { le: '0.0025' })).toBe(1);
+  });
+});

@@ -38,6 +38,9 @@ describe('resolveConfig', () => {
     [{ flags: { tlsCert: 'c.pem' } }, /--tls-cert and --tls-key go together/],
     [{ flags: { clientTls: 'require' } }, /--client-tls require needs/],
     [{ file: { listn: 'x' } }, /unknown option 'listn'/],
+    [{ flags: { workers: 0 } }, /--workers: expected a whole number from 1 to 64/],
+    [{ flags: { workers: 65 } }, /--workers/],
+    [{ env: { PGTENANT_WORKERS: '1.5' } }, /--workers/],
   ])('refuses bad input %#', (sources, message) => {
     expect(() => resolveConfig(sources)).toThrow(ConfigError);
     expect(() => resolveConfig(sources)).toThrow(message);
