@@ -7,7 +7,7 @@ import { findExecutable, initTables, runSelectOnly } from './lib/pgbench.mjs';
 import { ensurePgbouncer, pgbouncerVersion, startPgbouncer } from './lib/pgbouncer.mjs';
 import { startProxy } from './lib/pgtenant.mjs';
 import { installExitHandlers, isStopping, runMain, stopChild } from './lib/processes.mjs';
-import { renderTable, writeJson } from './lib/report.mjs';
+import { median, renderTable, wholeNumberFromEnv, writeJson } from './lib/report.mjs';
 import { login } from './lib/scram-client.mjs';
 import { createTenant, describeUrl, startServer } from './lib/server.mjs';
 
@@ -74,8 +74,7 @@ async function main() {
     process.stderr.write('bench: pgbench is not on PATH. Install it with: apt-get install postgresql-client\n');
     return 1;
   }
-  const idle = Number(process.env.PGTENANT_BENCH_IDLE ?? 10_000);
-  if (!Number.isInteger(idle) || idle < 1 || idle > 15_000) throw new Error('PGTENANT_BENCH_IDLE must be a whole number from 1 to 15000');
+  const idle = wholeNumberFromEnv('PGTENANT_BENCH_IDLE', 10_000, 1, 15_000);
   installExitHandlers(30 * 60 * 1000);
   log('starting PostgreSQL...');
   const server = await startServer(repoRoot);
@@ -97,8 +96,7 @@ async function main() {
   }
   starters.pgtenant = () => startProxy(repoRoot, server.url, { poolMode: 'transaction', poolSize: POOL_SIZE });
 
-  const runs = Number(process.env.PGTENANT_BENCH_RUNS ?? 3);
-  if (!Number.isInteger(runs) || runs < 1 || runs > 15) throw new Error('PGTENANT_BENCH_RUNS must be a whole number from 1 to 15');
+  const runs = wholeNumberFromEnv('PGTENANT_BENCH_RUNS', 3, 1, 15);
   log(`holding ${idle} idle client connections per target (transaction mode, pool size ${POOL_SIZE}), ${runs} runs...`);
   const samples = {};
   // Targets take turns within each round, as in `npm run bench`.
@@ -112,10 +110,6 @@ async function main() {
       }
     }
   }
-  const median = (xs) => {
-    const s = [...xs].sort((a, b) => a - b);
-    return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-  };
   const rows = Object.entries(samples).map(([name, rs]) => ({
     target: name,
     idle,

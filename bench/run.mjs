@@ -9,7 +9,7 @@ import { ensurePgbouncer, pgbouncerVersion, startPgbouncer } from './lib/pgbounc
 import { startPlainRelay } from './lib/plain-relay.mjs';
 import { startProxy } from './lib/pgtenant.mjs';
 import { installExitHandlers, isStopping, runCommand, runMain } from './lib/processes.mjs';
-import { formatTable, ratio, writeJson } from './lib/report.mjs';
+import { formatTable, median, ratio, wholeNumberFromEnv, writeJson } from './lib/report.mjs';
 import { createTenant, describeUrl, startServer } from './lib/server.mjs';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -45,18 +45,6 @@ const POOL_MODES = [...new Set(WORKLOADS.map((w) => w.pool))];
 const poolSizeFor = (pool) => (pool === 'transaction' ? TRANSACTION_POOL_SIZE : 30);
 
 const log = (line) => process.stdout.write(line + '\n');
-
-function wholeNumberFromEnv(name, fallback, min, max) {
-  const raw = process.env[name] ?? String(fallback);
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be a whole number from ${min} to ${max}, got '${raw}'`);
-  return n;
-}
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 async function serverVersion(url) {
   const client = new pg.Client({ connectionString: url });

@@ -1,12 +1,7 @@
 // Medians and the results table of the migration benchmark, in the style of the pgbench report.
-import { renderTable } from './report.mjs';
+import { median, renderTable } from './report.mjs';
 
-export function median(values) {
-  const xs = values.filter((v) => v != null).sort((a, b) => a - b);
-  if (xs.length === 0) return null;
-  const mid = Math.floor(xs.length / 2);
-  return xs.length % 2 ? xs[mid] : (xs[mid - 1] + xs[mid]) / 2;
-}
+export { median };
 
 /** Fills in each row's medians, tenants/s and ratios against the naive loop (the first row). */
 export function summarise(rows) {

@@ -7,6 +7,22 @@ const fmt = {
   ratio: (x) => (x != null ? x.toFixed(2) : '-'),
 };
 
+/** The median of the values that are not null or undefined; null when there are none. */
+export function median(values) {
+  const xs = values.filter((v) => v != null).sort((a, b) => a - b);
+  if (xs.length === 0) return null;
+  const mid = Math.floor(xs.length / 2);
+  return xs.length % 2 ? xs[mid] : (xs[mid - 1] + xs[mid]) / 2;
+}
+
+/** A whole number from the environment, within bounds, or the fallback when unset. */
+export function wholeNumberFromEnv(name, fallback, min, max) {
+  const raw = process.env[name] ?? String(fallback);
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be a whole number from ${min} to ${max}, got '${raw}'`);
+  return n;
+}
+
 /** One target's TPS divided by another's, or null when either is missing. */
 export function ratio(row, a, b) {
   const x = row.targets[a]?.tps;

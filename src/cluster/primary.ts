@@ -36,6 +36,8 @@ export async function startWorkers({ config, log: parent }: { config: Config; lo
   const pending = new Map<number, Pending>();
   let nextId = 0;
   let closing = false;
+  /** Until every worker listens, a worker that exits fails the start instead of being replaced. */
+  let started = false;
 
   const onMessage = (m: unknown): void => {
     if (!isPgtenantMessage<FromWorker>(m)) return;
@@ -59,7 +61,7 @@ export async function startWorkers({ config, log: parent }: { config: Config; lo
     worker.on('message', onMessage);
     worker.once('exit', (code, signal) => {
       if (slots[slot] === worker) slots[slot] = null;
-      if (closing) return;
+      if (closing || !started) return;
       // A worker that cannot start (the upstream is down) is retried ever more slowly, not every second.
       quickDeaths[slot] = Date.now() - startedAt < STABLE_AFTER_MS ? quickDeaths[slot]! + 1 : 0;
       const delay = Math.min(RESTART_DELAY_MAX_MS, RESTART_DELAY_MS * 2 ** Math.max(0, quickDeaths[slot]! - 1));
@@ -74,7 +76,7 @@ export async function startWorkers({ config, log: parent }: { config: Config; lo
       const id = ++nextId;
       const timer = setTimeout(() => {
         pending.delete(id);
-        reject(new Error(`worker ${worker.id} did not answer within ${REPLY_TIMEOUT_MS} ms`));
+        reject(new Error(`worker pid ${worker.process.pid} did not answer within ${REPLY_TIMEOUT_MS} ms`));
       }, REPLY_TIMEOUT_MS);
       pending.set(id, { resolve, reject, timer });
       worker.send({ pgtenant: 'request', id, ...op } satisfies ToWorker);
@@ -111,6 +113,7 @@ export async function startWorkers({ config, log: parent }: { config: Config; lo
       });
     }
   });
+  started = true;
   log.info({ workers: config.workers, listen: `${address.host}:${address.port}` }, 'proxy workers listening');
 
   return {

@@ -40,12 +40,17 @@ export interface ServerCounts {
   idle: number;
 }
 
+/** Told when a backend it waited for is there, or why none will come; never called from inside the acquire call. */
+export interface BackendWaiter {
+  backendReady(backend: BackendConnection): void;
+  backendFailed(err: Error): void;
+}
+
 interface Waiter {
   readonly open: Opener;
   /** False for backends bound to one client's login (relayed auth): those are opened for it, never handed over. */
   readonly reuse: boolean;
-  resolve(b: BackendConnection): void;
-  reject(e: Error): void;
+  readonly target: BackendWaiter;
   readonly queuedAt: number;
   readonly deadline: number;
 }
@@ -131,33 +136,41 @@ export class BackendPool {
     (handle as KeyPool).clients--;
   }
 
-  /** An idle backend of this pool right now, or null (none idle, or clients already waiting for one). */
-  tryAcquire(handle: PoolHandle): BackendConnection | null {
-    const pool = handle as KeyPool;
-    if (this.closed) return null;
-    return pool.waiters.length === 0 ? this.takeIdle(pool) : null;
-  }
-
   /**
    * A backend of this pool: an idle one, a new one, or one handed over after waiting. `open` is given only
    * for relayed logins (never reused); others use the pool's opener. `size` is the pool's (the tenant's own,
    * or the default).
    */
   acquire(handle: PoolHandle, open: Opener | null = null, size = this.limits.size): Promise<BackendConnection> {
-    if (this.closed) return Promise.reject(adminShutdown('pgtenant is shutting down'));
+    return new Promise((resolve, reject) => {
+      const idle = this.acquireFor(handle, { backendReady: resolve, backendFailed: reject }, size, open);
+      if (idle) resolve(idle);
+    });
+  }
+
+  /**
+   * The same without a promise, for transaction mode's hot path: an idle backend is returned at once; otherwise
+   * null, and `waiter` hears later (a new backend opened, one handed over, or the reason there is none).
+   */
+  acquireFor(handle: PoolHandle, waiter: BackendWaiter, size = this.limits.size, open: Opener | null = null): BackendConnection | null {
     const pool = handle as KeyPool;
     const reuse = open === null;
     open ??= pool.opener;
-    if (!open) return Promise.reject(new Error('pool has no opener: join it with one first'));
+    if (this.closed || !open) {
+      const err = this.closed ? adminShutdown('pgtenant is shutting down') : new Error('pool has no opener: join it with one first');
+      queueMicrotask(() => waiter.backendFailed(err));
+      return null;
+    }
     pool.limit = this.share(size);
     // Sessions after a disconnect start afresh; backends from before it still close on release.
     if (pool.retired && pool.active === 0 && pool.opening === 0) pool.retired = false;
     if (reuse) {
       const idle = this.takeIdle(pool);
-      if (idle) return Promise.resolve(idle);
+      if (idle) return idle;
     }
-    if (pool.size < pool.limit && this.makeRoom()) return this.open(pool, open);
-    return this.wait(pool, open, reuse);
+    if (pool.size < pool.limit && this.makeRoom()) this.openFor(pool, open, waiter);
+    else this.wait(pool, open, reuse, waiter);
+    return null;
   }
 
   /** Gives a backend back; one that is not `reusable` (dirty, dead, bound to a login) is closed. */
@@ -224,7 +237,7 @@ export class BackendPool {
     for (const pool of this.pools.values()) {
       for (const w of pool.waiters.splice(0)) {
         this.served();
-        w.reject(adminShutdown('pgtenant is shutting down'));
+        w.target.backendFailed(adminShutdown('pgtenant is shutting down'));
       }
       while (pool.idle.length > 0) this.closeIdle(pool, pool.idle.length - 1);
     }
@@ -296,14 +309,20 @@ export class BackendPool {
     return backend;
   }
 
-  private wait(pool: KeyPool, open: Opener, reuse: boolean): Promise<BackendConnection> {
-    return new Promise((resolve, reject) => {
-      const now = Date.now();
-      pool.waiters.push({ open, reuse, resolve, reject, queuedAt: now, deadline: now + this.limits.waitTimeout });
-      this.waiting++;
-      this.sweeper ??= setInterval(() => this.expireWaiters(), this.sweepEvery);
-      this.joinRotation(pool);
-    });
+  private wait(pool: KeyPool, open: Opener, reuse: boolean, target: BackendWaiter): void {
+    const now = Date.now();
+    pool.waiters.push({ open, reuse, target, queuedAt: now, deadline: now + this.limits.waitTimeout });
+    this.waiting++;
+    this.sweeper ??= setInterval(() => this.expireWaiters(), this.sweepEvery);
+    this.joinRotation(pool);
+  }
+
+  /** Opens a backend for `target`, which hears when it is logged in (or why it is not). */
+  private openFor(pool: KeyPool, open: Opener, target: BackendWaiter): void {
+    this.open(pool, open).then(
+      (backend) => target.backendReady(backend),
+      (err: Error) => target.backendFailed(err),
+    );
   }
 
   /**
@@ -319,7 +338,7 @@ export class BackendPool {
         pool.waiters.splice(i--, 1);
         this.served();
         this.waited(pool, w, true);
-        w.reject(
+        w.target.backendFailed(
           tooManyConnections(
             `no backend connection for tenant "${pool.key.tenant}" became free within ${this.limits.waitTimeout} ms`,
             'The pool is full: raise --pool-size or --max-backends, or use --pool-mode transaction.',
@@ -344,14 +363,16 @@ export class BackendPool {
   /** Gives a released backend straight to its own pool's next waiter, unless another pool's turn comes first. */
   private handOver(pool: KeyPool, backend: BackendConnection): boolean {
     if (this.atGlobalCap() && this.starving(pool)) return false;
-    const i = pool.waiters.findIndex((w) => w.reuse);
-    if (i < 0) return false;
-    const [w] = pool.waiters.splice(i, 1);
+    const waiters = pool.waiters;
+    let i = 0;
+    while (i < waiters.length && !waiters[i]!.reuse) i++;
+    if (i === waiters.length) return false;
+    const w = i === 0 ? waiters.shift()! : waiters.splice(i, 1)[0]!;
     this.served();
-    this.waited(pool, w!, false);
+    this.waited(pool, w, false);
     pool.active++;
     this.leaveRotationIfDone(pool);
-    w!.resolve(backend);
+    w.target.backendReady(backend);
     return true;
   }
 
@@ -429,7 +450,7 @@ export class BackendPool {
       this.served();
       this.waited(pool, w, false);
       if (pool.waiters.length > 0) this.rotation.push(pool);
-      this.open(pool, w.open).then(w.resolve, w.reject);
+      this.openFor(pool, w.open, w.target);
     }
   }
 

@@ -302,7 +302,9 @@ export class Session implements TransactionLink {
   }
 
   transactionEnded(backend: BackendConnection, dirty: boolean): void {
-    void this.giveBack(backend, 'idle', dirty);
+    // The usual case, a clean backend, goes back at once: no reset to wait for, no promise.
+    if (!dirty && backend.alive) this.deps.pool.release(backend, true);
+    else void this.giveBack(backend, 'idle', dirty);
   }
 
   /** A backend from this session's pool with the client's startup settings applied. */
@@ -310,11 +312,29 @@ export class Session implements TransactionLink {
     return this.withSettings(await this.deps.pool.acquire(this.pool!, null, this.poolSize));
   }
 
-  /** For transaction mode: an idle backend already carrying this client's settings comes back at once, without a promise. */
-  backendForTransaction(): BackendConnection | Promise<BackendConnection> {
-    const idle = this.deps.pool.tryAcquire(this.pool!);
-    if (idle && idle.settingsKey === this.settingsKey) return idle;
-    return idle ? this.withSettings(idle) : this.acquireBackend();
+  /**
+   * For transaction mode: a backend carrying this client's settings at once, or null and the relay hears later
+   * (backendReady). Neither path makes a promise unless settings must be applied.
+   */
+  backendForTransaction(): BackendConnection | null {
+    const backend = this.deps.pool.acquireFor(this.pool!, this, this.poolSize);
+    if (!backend || backend.settingsKey === this.settingsKey) return backend;
+    this.backendReady(backend);
+    return null;
+  }
+
+  // BackendWaiter, for transaction mode: the pool's answer goes to the relay, with the client's settings applied.
+  backendReady(backend: BackendConnection): void {
+    const relay = this.relay as TransactionRelay;
+    if (backend.settingsKey === this.settingsKey) return relay.backendReady(backend);
+    this.withSettings(backend).then(
+      (b) => relay.backendReady(b),
+      (err: Error) => relay.backendFailed(err),
+    );
+  }
+
+  backendFailed(err: Error): void {
+    (this.relay as TransactionRelay).backendFailed(err);
   }
 
   private async withSettings(backend: BackendConnection): Promise<BackendConnection> {

@@ -13,8 +13,11 @@ import type { BackendConnection, BackendSink } from './upstream.js';
 
 /** What the relay needs from its session: backends for transactions, and a place to give them back. */
 export interface TransactionLink {
-  /** A backend for the next transaction with the client's settings applied: at once when one is idle and ready. */
-  backendForTransaction(): BackendConnection | Promise<BackendConnection>;
+  /**
+   * A backend for the next transaction with the client's settings applied: at once when one is idle and ready,
+   * else null, and the relay's backendReady or backendFailed is called later (never from inside this call).
+   */
+  backendForTransaction(): BackendConnection | null;
   /** Gives the backend back after ReadyForQuery(idle); `dirty` when the client changed its session state. */
   transactionEnded(backend: BackendConnection, dirty: boolean): void;
 }
@@ -150,7 +153,7 @@ export class TransactionRelay implements BackendSink {
       return;
     }
     const got = this.session.backendForTransaction();
-    if (!(got instanceof Promise)) {
+    if (got) {
       this.linked(got);
       this.fromClient(first);
       return;
@@ -158,21 +161,23 @@ export class TransactionRelay implements BackendSink {
     this.stash = [first];
     this.stashed = first.length;
     this.acquiring = true;
-    got.then(
-      (backend) => {
-        this.acquiring = false;
-        if (this.ended) return this.session.transactionEnded(backend, false);
-        this.linked(backend);
-        const stash = this.stash!;
-        this.stash = null;
-        for (const chunk of stash) if (this.backend) this.fromClient(chunk);
-        if (this.client.isPaused()) this.client.resume();
-      },
-      (err: PgError) => {
-        this.acquiring = false;
-        this.refuse(err);
-      },
-    );
+  }
+
+  /** The backend the session asked for after a wait (handed over, opened, or given the client's settings). */
+  backendReady(backend: BackendConnection): void {
+    this.acquiring = false;
+    if (this.ended) return this.session.transactionEnded(backend, false);
+    this.linked(backend);
+    const stash = this.stash!;
+    this.stash = null;
+    for (const chunk of stash) if (this.backend) this.fromClient(chunk);
+    if (this.client.isPaused()) this.client.resume();
+  }
+
+  /** No backend for this transaction (a pool timeout, an unreachable server): the client is ended with the error. */
+  backendFailed(err: Error): void {
+    this.acquiring = false;
+    this.refuse(err instanceof PgError ? err : new PgError('08006', err.message));
   }
 
   /**
