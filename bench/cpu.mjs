@@ -1,54 +1,21 @@
 // `npm run bench:cpu`: CPU each proxy spends per transaction (user and system, read from /proc), pgbench -S with a fixed count.
-import { readdirSync, readFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { findExecutable, initTables, libpqEnv } from './lib/pgbench.mjs';
+import { cpuPerTransaction, treeTicks } from './lib/cpu.mjs';
+import { findExecutable, libpqEnv } from './lib/pgbench.mjs';
 import { ensurePgbouncer, startPgbouncer } from './lib/pgbouncer.mjs';
 import { startPlainRelay } from './lib/plain-relay.mjs';
 import { startProxy } from './lib/pgtenant.mjs';
 import { installExitHandlers, runCommand, runMain, stopChild } from './lib/processes.mjs';
 import { median, renderTable, wholeNumberFromEnv, writeJson } from './lib/report.mjs';
-import { createTenant, describeUrl, startServer } from './lib/server.mjs';
+import { benchTenant } from './lib/server.mjs';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const TENANT = 'bench';
 const POOL_SIZE = 20;
 const CLIENTS = 20;
 const MODES = ['simple', 'extended', 'prepared'];
-const TICKS_PER_SECOND = 100; // USER_HZ on Linux
 const log = (line) => process.stdout.write(line + '\n');
-
-/** utime and stime (ticks) of a process and all its descendants: a primary's workers count with it. */
-function treeTicks(root) {
-  const parentOf = new Map();
-  const ticks = new Map();
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    let stat;
-    try {
-      stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-    } catch {
-      continue; // gone meanwhile
-    }
-    // Fields after the command name, which is in parentheses and may hold spaces: state is field 3.
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    parentOf.set(Number(entry), Number(f[1]));
-    ticks.set(Number(entry), { user: Number(f[11]), sys: Number(f[12]) });
-  }
-  const inTree = (pid) => {
-    for (let p = pid; p > 1; p = parentOf.get(p) ?? 0) if (p === root) return true;
-    return false;
-  };
-  let user = 0;
-  let sys = 0;
-  for (const [pid, t] of ticks) {
-    if (!inTree(pid)) continue;
-    user += t.user;
-    sys += t.sys;
-  }
-  return { user, sys };
-}
 
 async function pgbench(bin, conn, mode, transactions) {
   const args = ['-S', '-n', '-M', mode, '-c', String(CLIENTS), '-j', '2', '-t', String(Math.ceil(transactions / CLIENTS))];
@@ -64,13 +31,7 @@ async function main() {
   const transactions = wholeNumberFromEnv('PGTENANT_BENCH_TRANSACTIONS', 60_000, 1000, 10_000_000);
   const runs = wholeNumberFromEnv('PGTENANT_BENCH_RUNS', 3, 1, 15);
   installExitHandlers(60 * 60 * 1000);
-  log('starting PostgreSQL...');
-  const server = await startServer(repoRoot);
-  const { port, database } = describeUrl(server.url);
-  const password = randomBytes(12).toString('hex');
-  await createTenant(repoRoot, server.url, TENANT, password);
-  const conn = { user: TENANT, password, database };
-  await initTables(bin, { ...conn, port }, 10);
+  const { server, port, password, conn } = await benchTenant(repoRoot, bin, { tenant: TENANT, scale: 10, log });
 
   const bouncer = await ensurePgbouncer(log);
   const starters = {
@@ -95,8 +56,7 @@ async function main() {
           const before = treeTicks(target.child.pid);
           const tps = await pgbench(bin, at, mode, transactions);
           const after = treeTicks(target.child.pid);
-          const perTx = (ticks) => (ticks * 1e6) / TICKS_PER_SECOND / transactions;
-          const sample = { tps, userUs: perTx(after.user - before.user), sysUs: perTx(after.sys - before.sys) };
+          const sample = { tps, ...cpuPerTransaction(before, after, transactions) };
           (samples[key] ??= []).push(sample);
           log(`  ${name.padEnd(26)} ${mode.padEnd(8)} run ${run + 1}: ${tps.toFixed(0)} tps, ${sample.userUs.toFixed(1)} µs user + ${sample.sysUs.toFixed(1)} µs system per transaction`);
         } catch (err) {

@@ -1,15 +1,15 @@
 // `npm run bench:idle`: memory per idle client connection, and active clients' throughput while thousands sit idle.
-import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { findExecutable, initTables, runSelectOnly } from './lib/pgbench.mjs';
+import { cpuPerTransaction, treeTicks } from './lib/cpu.mjs';
+import { findExecutable, runSelectOnly } from './lib/pgbench.mjs';
 import { ensurePgbouncer, pgbouncerVersion, startPgbouncer } from './lib/pgbouncer.mjs';
 import { startProxy } from './lib/pgtenant.mjs';
 import { installExitHandlers, isStopping, runMain, stopChild } from './lib/processes.mjs';
 import { median, renderTable, wholeNumberFromEnv, writeJson } from './lib/report.mjs';
 import { login } from './lib/scram-client.mjs';
-import { createTenant, describeUrl, startServer } from './lib/server.mjs';
+import { benchTenant } from './lib/server.mjs';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const TENANT = 'bench';
@@ -39,8 +39,15 @@ async function openIdle(n, conn, batch = 100) {
 
 async function measureTarget(name, target, conn, pgbench, idle) {
   const at = { ...conn, port: target.port };
-  // Warm up first: what is measured is the cost of idle connections, not of the first ones.
-  const before = await runSelectOnly(pgbench, at, ACTIVE);
+  // Warm up first, unmeasured: what is measured is the cost of idle connections, not of the first ones.
+  await runSelectOnly(pgbench, at, { ...ACTIVE, seconds: 2 });
+  /** TPS, and the target's CPU per transaction: a steadier signal than TPS on a shared machine. */
+  const active = async () => {
+    const t0 = treeTicks(target.child.pid);
+    const r = await runSelectOnly(pgbench, at, ACTIVE);
+    return { tps: r.tps, ...cpuPerTransaction(t0, treeTicks(target.child.pid), r.transactions) };
+  };
+  const before = await active();
   await sleep(1000);
   const rssBefore = rssKiB(target.child.pid);
   const started = Date.now();
@@ -48,7 +55,7 @@ async function measureTarget(name, target, conn, pgbench, idle) {
   const openedInMs = Date.now() - started;
   await sleep(2000);
   const rssHeld = rssKiB(target.child.pid);
-  const during = await runSelectOnly(pgbench, at, ACTIVE);
+  const during = await active();
   for (const s of sockets) s.destroy();
   const row = {
     target: name,
@@ -59,10 +66,13 @@ async function measureTarget(name, target, conn, pgbench, idle) {
     perConnectionKiB: (rssHeld - rssBefore) / idle,
     tpsBefore: before.tps,
     tpsWhileHeld: during.tps,
+    cpuUsBefore: before.userUs + before.sysUs,
+    cpuUsWhileHeld: during.userUs + during.sysUs,
   };
   log(
     `  ${name.padEnd(9)} ${idle} idle: RSS ${rssBefore} -> ${rssHeld} KiB (${row.perConnectionKiB.toFixed(2)} KiB each, opened in ${openedInMs} ms); ` +
-      `pgbench -S c=${ACTIVE.clients}: ${before.tps.toFixed(0)} tps before, ${during.tps.toFixed(0)} while held`,
+      `pgbench -S c=${ACTIVE.clients}: ${before.tps.toFixed(0)} tps before, ${during.tps.toFixed(0)} while held; ` +
+      `CPU per transaction ${row.cpuUsBefore.toFixed(1)} µs before, ${row.cpuUsWhileHeld.toFixed(1)} while held`,
   );
   await sleep(1000);
   return row;
@@ -76,13 +86,7 @@ async function main() {
   }
   const idle = wholeNumberFromEnv('PGTENANT_BENCH_IDLE', 10_000, 1, 15_000);
   installExitHandlers(30 * 60 * 1000);
-  log('starting PostgreSQL...');
-  const server = await startServer(repoRoot);
-  const { port, database } = describeUrl(server.url);
-  const password = randomBytes(12).toString('hex');
-  await createTenant(repoRoot, server.url, TENANT, password);
-  const conn = { user: TENANT, password, database };
-  await initTables(pgbench, { ...conn, port }, 1);
+  const { server, port, password, conn } = await benchTenant(repoRoot, pgbench, { tenant: TENANT, scale: 1, log });
 
   // Each run gets fresh processes: RSS does not shrink when connections close, so a second run on the same
   // process would measure nothing.
@@ -118,13 +122,15 @@ async function main() {
     perConnectionKiB: median(rs.map((r) => r.perConnectionKiB)),
     tpsBefore: median(rs.map((r) => r.tpsBefore)),
     tpsWhileHeld: median(rs.map((r) => r.tpsWhileHeld)),
+    cpuUsBefore: median(rs.map((r) => r.cpuUsBefore)),
+    cpuUsWhileHeld: median(rs.map((r) => r.cpuUsWhileHeld)),
     runs: rs,
   }));
 
   log(
     `\nmedians of ${runs} runs:\n` +
       renderTable(
-        ['target', 'idle clients', 'RSS before KiB', 'RSS held KiB', 'KiB per idle client', 'tps before', 'tps while held'],
+        ['target', 'idle clients', 'RSS before KiB', 'RSS held KiB', 'KiB per idle client', 'tps before', 'tps while held', 'CPU µs/tx before', 'CPU µs/tx held'],
         rows.map((r) => [
           r.target,
           String(r.idle),
@@ -133,6 +139,8 @@ async function main() {
           r.perConnectionKiB.toFixed(2),
           r.tpsBefore.toFixed(0),
           r.tpsWhileHeld.toFixed(0),
+          r.cpuUsBefore.toFixed(1),
+          r.cpuUsWhileHeld.toFixed(1),
         ]),
       ),
   );

@@ -1,16 +1,15 @@
 // `npm run bench`: pgbench select-only through direct PostgreSQL, PgBouncer and pgtenant, in session and transaction pool modes, side by side.
-import { randomBytes } from 'node:crypto';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { findExecutable, initTables, pgbenchArgs, runSelectOnly } from './lib/pgbench.mjs';
+import { findExecutable, pgbenchArgs, runSelectOnly } from './lib/pgbench.mjs';
 import { ensurePgbouncer, pgbouncerVersion, startPgbouncer } from './lib/pgbouncer.mjs';
 import { startPlainRelay } from './lib/plain-relay.mjs';
 import { startProxy } from './lib/pgtenant.mjs';
 import { installExitHandlers, isStopping, runCommand, runMain } from './lib/processes.mjs';
 import { formatTable, median, ratio, wholeNumberFromEnv, writeJson } from './lib/report.mjs';
-import { createTenant, describeUrl, startServer } from './lib/server.mjs';
+import { benchTenant } from './lib/server.mjs';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const TENANT = 'bench';
@@ -161,15 +160,7 @@ async function main() {
   const startedAt = new Date().toISOString();
   const load = loadavg()[0];
 
-  log('starting PostgreSQL...');
-  const server = await startServer(repoRoot);
-  const { port, database } = describeUrl(server.url);
-  const password = randomBytes(12).toString('hex');
-  log(`creating tenant '${TENANT}' through the CLI...`);
-  await createTenant(repoRoot, server.url, TENANT, password);
-  const conn = { user: TENANT, password, database };
-  log(`creating pgbench tables (scale ${SCALE}) in schema '${TENANT}'...`);
-  await initTables(pgbench, { ...conn, port }, SCALE);
+  const { server, port, password, conn } = await benchTenant(repoRoot, pgbench, { tenant: TENANT, scale: SCALE, log });
 
   const { targets, notes } = await startTargets(port, password, server.url);
   // One unrecorded run so the first measured target does not pay for a cold cache.

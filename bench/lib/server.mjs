@@ -1,8 +1,10 @@
 // The PostgreSQL under test (embedded or PGTENANT_BENCH_DATABASE_URL) and the benchmark tenant, created through the CLI.
+import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { initTables } from './pgbench.mjs';
 import { onCleanup, runCommand } from './processes.mjs';
 
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
@@ -63,4 +65,21 @@ export async function createTenant(repoRoot, url, id, password) {
       `${err.message}\n(on an existing server, drop a leftover tenant with: pgtenant tenants drop ${id} --yes)`,
     );
   }
+}
+
+/**
+ * What the pgbench benchmarks share: the server, a tenant with a fresh password, and pgbench's tables at `scale`
+ * in the tenant's schema. Resolves with the server, its port and the tenant's connection settings.
+ */
+export async function benchTenant(repoRoot, pgbench, { tenant, scale, log }) {
+  log('starting PostgreSQL...');
+  const server = await startServer(repoRoot);
+  const { port, database } = describeUrl(server.url);
+  const password = randomBytes(12).toString('hex');
+  log(`creating tenant '${tenant}' through the CLI...`);
+  await createTenant(repoRoot, server.url, tenant, password);
+  const conn = { user: tenant, password, database };
+  log(`creating pgbench tables (scale ${scale}) in schema '${tenant}'...`);
+  await initTables(pgbench, { ...conn, port }, scale);
+  return { server, port, password, conn };
 }
