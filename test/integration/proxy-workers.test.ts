@@ -7,7 +7,7 @@ import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { TenantConnections } from '../../src/proxy/activity.js';
 import { TenantService } from '../../src/tenants/service.js';
-import { parseMetrics, sampleValue } from '../support/admin.js';
+import { fetchJson, parseMetrics, sampleValue } from '../support/admin.js';
 import { bin, runCli, uniqueTenantId, type TestDatabase } from '../support/db.js';
 import { backendKey, cancelRequest, connectPg, initializedDatabase, rejection, sessionEnd, sleep } from '../support/proxy.js';
 
@@ -170,16 +170,8 @@ async function onBothWorkers(tenant: string): Promise<{ bySlot: [pg.Client, pg.C
   return { bySlot: [bySlot[0], bySlot[1]], connects };
 }
 
-async function api(method: string, path: string): Promise<{ status: number; json: any; text: string }> {
-  const res = await fetch(adminBase + path, { method, headers: { authorization: `Bearer ${TOKEN}` } });
-  const text = await res.text();
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, json, text };
+function api(method: string, path: string): ReturnType<typeof fetchJson> {
+  return fetchJson(adminBase + path, { method, headers: { authorization: `Bearer ${TOKEN}` } });
 }
 
 /** The tenant's entry of GET /v1/connections (all zero when it has none). */

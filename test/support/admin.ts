@@ -69,15 +69,7 @@ export async function adminFixture(opts: AdminFixtureOptions = {}): Promise<Admi
       payload = typeof body === 'string' ? body : JSON.stringify(body);
       h['content-type'] ??= 'application/json';
     }
-    const res = await fetch(base + path, { method, headers: h, ...(payload !== undefined ? { body: payload } : {}) });
-    const text = await res.text();
-    let json: unknown;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      json = undefined;
-    }
-    return { status: res.status, headers: res.headers, text, json };
+    return fetchJson(base + path, { method, headers: h, ...(payload !== undefined ? { body: payload } : {}) });
   };
   return {
     db,
@@ -135,4 +127,17 @@ export function parseMetrics(text: string): Sample[] {
 export function sampleValue(samples: readonly Sample[], name: string, labels: Record<string, string> = {}): number {
   const found = samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
   return found.reduce((sum, s) => sum + s.value, 0);
+}
+
+/** One HTTP request; the body as text, and as JSON when it parses. */
+export async function fetchJson(url: string, init: RequestInit): Promise<{ status: number; headers: Headers; text: string; json: any }> {
+  const res = await fetch(url, init);
+  const text = await res.text();
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, headers: res.headers, text, json };
 }
