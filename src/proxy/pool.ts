@@ -2,14 +2,10 @@
 import type { Logger } from '../logger.js';
 import { NO_OBSERVER, type ProxyObserver } from './activity.js';
 import { adminShutdown, tooManyConnections } from './errors.js';
-import { BackendStatements, type BackendConnection, type StatementEpoch } from './upstream.js';
+import { keyId, KeyPool, type BackendWaiter, type Opener, type PoolHandle, type PoolKey, type ServerCounts, type Waiter } from './key-pool.js';
+import { BackendStatements, type BackendConnection } from './upstream.js';
 
-/** What identifies interchangeable backends: only these share a backend, so tenants never do. */
-export interface PoolKey {
-  readonly tenant: string;
-  readonly role: string;
-  readonly database: string;
-}
+export type { BackendWaiter, Opener, PoolHandle, PoolKey, ServerCounts } from './key-pool.js';
 
 export interface PoolLimits {
   /** Backends per pool, unless a tenant has its own size. */
@@ -30,64 +26,6 @@ export interface PoolLimits {
   /** Milliseconds after which a backend is closed instead of reused. */
   readonly lifetime: number;
 }
-
-/** Opens and logs in a backend for a pool. */
-export type Opener = () => Promise<BackendConnection>;
-
-export interface ServerCounts {
-  login: number;
-  active: number;
-  idle: number;
-}
-
-/** Told when a backend it waited for is there, or why none will come; never called from inside the acquire call. */
-export interface BackendWaiter {
-  backendReady(backend: BackendConnection): void;
-  backendFailed(err: Error): void;
-}
-
-interface Waiter {
-  readonly open: Opener;
-  /** False for backends bound to one client's login (relayed auth): those are opened for it, never handed over. */
-  readonly reuse: boolean;
-  readonly target: BackendWaiter;
-  readonly queuedAt: number;
-  readonly deadline: number;
-}
-
-/** A session's membership of one pool (see BackendPool.join). */
-export interface PoolHandle {
-  readonly key: PoolKey;
-}
-
-class KeyPool implements PoolHandle {
-  /** Most recently used last: hand-outs take from the end, so the oldest idle ones time out. */
-  readonly idle: BackendConnection[] = [];
-  readonly waiters: Waiter[] = [];
-  active = 0;
-  opening = 0;
-  /** The latest opener a client joined with: it opens backends for every client of the pool, and for minIdle. */
-  opener: Opener | null = null;
-  /** Sessions that joined and have not left: the pool is kept (with its opener) while there are any. */
-  clients = 0;
-  /** Set when the tenant was disconnected: backends in use then are closed on release, not reused. */
-  retired = false;
-  /** Shared by the pool's backends: bumped when their prepared statements must be prepared afresh. */
-  readonly statementEpoch: StatementEpoch = { value: 0 };
-
-  constructor(
-    readonly id: string,
-    readonly key: PoolKey,
-    /** Its size: the tenant's own, or the proxy's default; the latest acquire sets it. */
-    public limit: number,
-  ) {}
-
-  get size(): number {
-    return this.idle.length + this.active + this.opening;
-  }
-}
-
-const keyId = (k: PoolKey): string => `${k.tenant}\u0000${k.role}\u0000${k.database}`;
 
 /**
  * All backends of the proxy. A pool below its own size that cannot open because of the global cap waits
