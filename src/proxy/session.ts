@@ -225,10 +225,16 @@ export class Session implements TransactionLink {
 
   /** Sends a CancelRequest for this session's backend. */
   cancel(): void {
-    const key = (this.relay instanceof TransactionRelay ? this.relay.backend : this.backend)?.key;
-    if (!key || this.state !== SessionState.Relaying) return;
+    const backend = this.relay instanceof TransactionRelay ? this.relay.backend : this.backend;
+    if (!backend || this.state !== SessionState.Relaying) return;
     this.log.info('forwarding cancel request');
-    sendCancelRequest(this.deps.target, key.processId, key.secretKey, this.deps.config.connectTimeout).catch((err) =>
+    this.cancelBackend(backend);
+  }
+
+  private cancelBackend(backend: BackendConnection): void {
+    if (!backend.key) return;
+    const { processId, secretKey } = backend.key;
+    sendCancelRequest(this.deps.target, processId, secretKey, this.deps.config.connectTimeout).catch((err) =>
       this.log.warn({ err: (err as Error).message }, 'cancel request could not be forwarded'),
     );
   }
@@ -433,6 +439,12 @@ export class Session implements TransactionLink {
 
   /** Returns a backend to the pool (see returnToPool); a failed reset is logged. */
   private async giveBack(backend: BackendConnection, state: 'idle' | 'idle_in_transaction' | null, dirty: boolean): Promise<void> {
+    // Closing a backend's socket stops it only when it next reads or writes: a query the client left behind
+    // (pg_sleep, a long aggregate, a COPY) would run on. Cancel it, then close.
+    if (state === null && backend.alive) {
+      this.log.info('client left with work in flight: cancelling it on the server');
+      this.cancelBackend(backend);
+    }
     // A relayed login binds the backend to its client: never reused.
     const failed = await returnToPool(this.deps.pool, backend, this.deps.config.auth === 'relay' ? null : state, dirty, this.deps.config.connectTimeout);
     if (failed) this.log.warn({ err: failed.message }, 'backend reset failed; closing it');
