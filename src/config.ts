@@ -33,6 +33,12 @@ export const OPTIONS = {
   clientTls: { kind: 'string', default: 'allow', choices: ['disable', 'allow', 'require'], describe: 'Client TLS policy' },
   connectTimeout: { kind: 'number', default: 5000, describe: 'Milliseconds to wait for an upstream connection' },
   shutdownTimeout: { kind: 'number', default: 30000, describe: 'Milliseconds sessions get to finish on SIGTERM' },
+  maxClientConnections: { kind: 'number', default: 10000, describe: 'Client connections the proxy accepts at once; more get 53300 (0: no cap)' },
+  maxTenantClients: { kind: 'number', default: 0, describe: 'Client connections one tenant may hold at once; more get 53300 (0: no cap)' },
+  startupTimeout: { kind: 'number', default: 60000, describe: 'Milliseconds a client has to finish its startup and login (0: no limit)' },
+  idleTransactionTimeout: {
+    kind: 'number', default: 0, describe: 'Milliseconds a client may sit idle inside a transaction before it is closed with 25P03 (0: no limit)',
+  },
   tenantCacheTtl: { kind: 'number', default: 60000, describe: 'Milliseconds a tenant lookup is cached (NOTIFY drops it sooner)' },
   migrationsDir: { kind: 'string', default: 'migrations', describe: 'Folder with tenant/ and shared/ migration files' },
   logLevel: { kind: 'string', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], describe: 'Log level' },
@@ -70,6 +76,10 @@ export interface Config {
   readonly clientTls: 'disable' | 'allow' | 'require';
   readonly connectTimeout: number;
   readonly shutdownTimeout: number;
+  readonly maxClientConnections: number;
+  readonly maxTenantClients: number;
+  readonly startupTimeout: number;
+  readonly idleTransactionTimeout: number;
   readonly tenantCacheTtl: number;
   readonly migrationsDir: string;
   readonly logLevel: string;
@@ -178,6 +188,10 @@ export function resolveConfig(sources: ConfigSources): Config {
     clientTls: merged.clientTls as Config['clientTls'],
     connectTimeout: merged.connectTimeout as number,
     shutdownTimeout: merged.shutdownTimeout as number,
+    maxClientConnections: merged.maxClientConnections as number,
+    maxTenantClients: merged.maxTenantClients as number,
+    startupTimeout: merged.startupTimeout as number,
+    idleTransactionTimeout: merged.idleTransactionTimeout as number,
     tenantCacheTtl: merged.tenantCacheTtl as number,
     migrationsDir: merged.migrationsDir as string,
     logLevel: merged.logLevel as string,
@@ -196,6 +210,26 @@ export function resolveConfig(sources: ConfigSources): Config {
     throw new ConfigError('--client-tls require needs --tls-cert and --tls-key');
   }
   return Object.freeze(config);
+}
+
+/** What SIGHUP can change in a running proxy; everything else is read once, at start. */
+export const RELOADABLE: readonly OptionName[] = [
+  'poolSize', 'maxBackends', 'poolMinIdle', 'poolWaitTimeout', 'serverIdleTimeout', 'serverLifetime', 'tlsCert', 'tlsKey', 'clientTls',
+  'connectTimeout', 'shutdownTimeout', 'maxClientConnections', 'maxTenantClients', 'startupTimeout', 'idleTransactionTimeout',
+];
+
+/**
+ * The configuration a reload leads to: `next`'s reloadable options over `current`'s others, and the names
+ * of options that changed but need a restart (they keep their current value).
+ */
+export function reloadedConfig(current: Config, next: Config): { config: Config; needRestart: string[] } {
+  const merged: Record<string, unknown> = { ...current };
+  const needRestart: string[] = [];
+  for (const name of Object.keys(next) as (keyof Config)[]) {
+    if ((RELOADABLE as readonly string[]).includes(name)) merged[name] = next[name];
+    else if (JSON.stringify(next[name]) !== JSON.stringify(current[name])) needRestart.push(flagName(name));
+  }
+  return { config: Object.freeze(merged as unknown as Config), needRestart };
 }
 
 /** The upstream URL, or a ConfigError naming the ways to give it. */

@@ -6,7 +6,7 @@ import { AdminError, unavailable } from './admin/errors.js';
 import { Metrics } from './admin/metrics.js';
 import { MigrationService } from './admin/migrations.js';
 import { startAdminServer, type AdminServer } from './admin/server.js';
-import { migrationsDirFor, requireUpstream, type Config } from './config.js';
+import { migrationsDirFor, reloadedConfig, requireUpstream, type Config } from './config.js';
 import type { Logger } from './logger.js';
 import { startWorkers } from './cluster/primary.js';
 import { startWorker } from './cluster/worker.js';
@@ -24,6 +24,21 @@ export interface Runtime {
   readonly metrics: Metrics;
   /** Drains the proxy (the admin API answers /readyz 503 meanwhile), then stops everything. */
   close(graceMs?: number): Promise<void>;
+  /** Takes what can change while running from a freshly read configuration (SIGHUP); logs what needs a restart. */
+  reload(next: Config): void;
+}
+
+type ProxyPart = { proxy: ProxyControl; close(graceMs?: number): Promise<void>; reload(config: Config): void };
+
+/** A reload for the proxy part: merges the reloadable options into the running configuration. */
+function reloader(config: Config, log: Logger, apply: (config: Config) => void): (next: Config) => void {
+  let current = config;
+  return (next) => {
+    const { config: merged, needRestart } = reloadedConfig(current, next);
+    if (needRestart.length > 0) log.warn({ options: needRestart }, 'changed options that only a restart applies: kept as they were');
+    apply(merged);
+    current = merged;
+  };
 }
 
 /** Resolves when `p` does, or rejects after `ms`: a blackholed upstream must not hang /readyz. */
@@ -38,15 +53,16 @@ async function within<T>(p: Promise<T>, ms: number): Promise<T> {
 }
 
 /** The proxy part: in this process, or with --workers in worker processes whose metrics are summed into ours. */
-async function startProxyPart(config: Config, log: Logger, metrics: Metrics): Promise<{ proxy: ProxyControl; close(graceMs?: number): Promise<void> }> {
+async function startProxyPart(config: Config, log: Logger, metrics: Metrics): Promise<ProxyPart> {
   if (config.workers > 1) {
     const workers = await startWorkers({ config, log });
     metrics.attachWorkers(() => workers.metrics());
-    return { proxy: workers, close: (grace) => workers.close(grace) };
+    // Each worker reads the configuration again itself, as on its own SIGHUP.
+    return { proxy: workers, close: (grace) => workers.close(grace), reload: () => workers.reload() };
   }
   const server = await startProxy({ config, log, observer: metrics });
   metrics.attachProxy(server);
-  return { proxy: server.control, close: (grace) => server.close(grace) };
+  return { proxy: server.control, close: (grace) => server.close(grace), reload: reloader(config, log, (c) => server.reload(c)) };
 }
 
 export async function startRuntime({ config, log }: { config: Config; log: Logger }): Promise<Runtime> {
@@ -54,14 +70,15 @@ export async function startRuntime({ config, log }: { config: Config; log: Logge
   if (cluster.isWorker) {
     // A worker of `--workers N`: only the proxy; the primary runs the admin API for all of them.
     const worker = await startWorker({ config, log });
-    return { proxy: worker.proxy.control, admin: null, adminToken: null, metrics: worker.metrics, close: (grace) => worker.close(grace) };
+    const reload = reloader(config, log, (c) => worker.proxy.reload(c));
+    return { proxy: worker.proxy.control, admin: null, adminToken: null, metrics: worker.metrics, close: (grace) => worker.close(grace), reload };
   }
   // Decided before anything listens: a public admin address without a token is a configuration error.
   const token = config.adminListen ? adminToken(config.adminListen, config.adminToken) : null;
   const metrics = new Metrics({ tenantLimit: config.metricsTenantLimit });
-  const { proxy, close: closeProxy } = await startProxyPart(config, log, metrics);
+  const { proxy, close: closeProxy, reload } = await startProxyPart(config, log, metrics);
   if (!config.adminListen || !token) {
-    return { proxy, admin: null, adminToken: null, metrics, close: closeProxy };
+    return { proxy, admin: null, adminToken: null, metrics, close: closeProxy, reload };
   }
 
   const pool = new pg.Pool({ connectionString: upstream, max: 4, application_name: 'pgtenant-admin', connectionTimeoutMillis: config.connectTimeout });
@@ -96,6 +113,7 @@ export async function startRuntime({ config, log }: { config: Config; log: Logge
     admin,
     adminToken: token,
     metrics,
+    reload,
     async close(graceMs) {
       await Promise.all([closeProxy(graceMs), migrations.close()]);
       await admin.close();

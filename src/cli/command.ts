@@ -10,6 +10,8 @@ export interface CommandContext {
   readonly out: (line: string) => void;
   /** Resolves when the process is asked to stop (SIGINT or SIGTERM). */
   readonly stopped: Promise<NodeJS.Signals>;
+  /** Reads the configuration again from the same flags, environment and --config file (throws ConfigError). */
+  readonly loadConfig: () => Config;
 }
 
 export interface Command {

@@ -5,6 +5,7 @@ import { ConfigError, OPTIONS, flagName, readConfigFile, resolveConfig, type Opt
 import { createLogger } from '../logger.js';
 import { EXIT_FAILURE, EXIT_USAGE, UsageError, type Command, type CommandContext } from './command.js';
 import { commands } from './commands/index.js';
+import { stopSignal } from './signals.js';
 
 function addOptions(y: Argv, names: readonly OptionName[]): Argv {
   for (const name of names) {
@@ -18,30 +19,23 @@ function addOptions(y: Argv, names: readonly OptionName[]): Argv {
   return y;
 }
 
-function stopSignal(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
-    const on = (sig: NodeJS.Signals) => {
-      process.off('SIGINT', on);
-      process.off('SIGTERM', on);
-      resolve(sig);
-    };
-    process.on('SIGINT', on);
-    process.on('SIGTERM', on);
-  });
-}
-
 async function execute(cmd: Command, argv: Record<string, unknown>): Promise<number> {
   // Only the command's own options are configuration: `tenants set --pool-size` is not the proxy's --pool-size.
   const flags: Record<string, unknown> = {};
   for (const name of ['logLevel', ...(cmd.options ?? [])]) if (argv[name] !== undefined) flags[name] = argv[name];
-  const file = typeof argv.config === 'string' ? readConfigFile(argv.config) : undefined;
-  const config = resolveConfig({ flags, env: process.env, ...(file ? { file } : {}) });
+  // Read again on reload (SIGHUP): the file may have changed; flags and environment cannot.
+  const load = () => {
+    const file = typeof argv.config === 'string' ? readConfigFile(argv.config) : undefined;
+    return resolveConfig({ flags, env: process.env, ...(file ? { file } : {}) });
+  };
+  const config = load();
   const log = createLogger(config.logLevel);
   const ctx: CommandContext = {
     config,
     log,
     out: (line) => process.stdout.write(line + '\n'),
     stopped: stopSignal(),
+    loadConfig: load,
   };
   try {
     return await cmd.run!(argv, ctx);

@@ -21,6 +21,8 @@ export interface ProxyWorkers extends ProxyControl {
   metrics(): Promise<MetricsJson[]>;
   /** Asks every worker to drain for up to `graceMs`, and waits for them to exit. */
   close(graceMs?: number): Promise<void>;
+  /** Passes SIGHUP on: each worker reads the configuration again. */
+  reload(): void;
 }
 
 interface Pending {
@@ -114,6 +116,10 @@ export async function startWorkers({ config, log: parent }: { config: Config; lo
     }
   });
   started = true;
+  // However this process ends (a second stop signal exits at once), no worker outlives it.
+  process.once('exit', () => {
+    for (const w of slots) if (w && !w.isDead()) w.process.kill('SIGKILL');
+  });
   log.info({ workers: config.workers, listen: `${address.host}:${address.port}` }, 'proxy workers listening');
 
   return {
@@ -125,6 +131,9 @@ export async function startWorkers({ config, log: parent }: { config: Config; lo
     disconnectTenant: async (tenant, reason) =>
       (await ask<number>({ op: 'disconnect', tenant, reason })).reduce((a, b) => a + b, 0),
     metrics: () => ask<MetricsJson>({ op: 'metrics' }),
+    reload() {
+      for (const w of slots) if (w && !w.isDead()) w.process.kill('SIGHUP');
+    },
     async close(graceMs = config.shutdownTimeout) {
       closing = true;
       const live = slots.filter((w): w is Worker => w !== null && !w.isDead());

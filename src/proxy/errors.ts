@@ -23,3 +23,4 @@ export const adminShutdown = (message = 'terminating connection due to administr
 export const connectionFailure = (message: string) => new PgError('08006', message);
 export const tooManyConnections = (message: string, hint?: string) => new PgError('53300', message, 'FATAL', undefined, hint);
 export const featureNotSupported = (message: string) => new PgError('0A000', message);
+export const idleInTransactionTimeout = () => new PgError('25P03', 'terminating connection due to idle-in-transaction timeout');

@@ -44,19 +44,29 @@ export class BackendPool {
   private sweeper: NodeJS.Timeout | null = null;
   private readonly sweepEvery: number;
   /** This worker's share of --max-backends. */
-  private readonly maxBackends: number;
+  private maxBackends = 0;
 
   constructor(
-    private readonly limits: PoolLimits,
+    private limits: PoolLimits,
     private readonly log: Logger,
     private readonly observer: Pick<ProxyObserver, 'backendWaited'> = NO_OBSERVER,
   ) {
-    const { maxBackends, workers } = limits;
-    this.maxBackends = maxBackends === 0 ? 0 : Math.max(1, Math.floor(maxBackends / workers));
+    this.configure(limits);
     this.sweepEvery = Math.max(10, Math.min(100, limits.waitTimeout / 10));
     const every = Math.max(100, Math.min(1000, limits.idleTimeout / 2));
     this.reaper = setInterval(() => this.reap(), every);
     this.reaper.unref();
+  }
+
+  /**
+   * New limits (a reload): they apply from the next acquire or release on; a pool's size follows as its
+   * sessions ask for backends. The worker count and the sweep intervals stay as they were at start.
+   */
+  configure(limits: PoolLimits): void {
+    const { maxBackends, workers } = limits;
+    this.limits = { ...limits, workers: this.limits.workers };
+    this.maxBackends = maxBackends === 0 ? 0 : Math.max(1, Math.floor(maxBackends / workers));
+    if (this.pools.size > 0) this.dispatch();
   }
 
   /**

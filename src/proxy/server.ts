@@ -9,7 +9,8 @@ import { emptyConnections, NO_OBSERVER, type ProxyControl, type ProxyObserver, t
 import { tlsServerEndPoint } from './auth/channel-binding.js';
 import { CancelRegistry } from './cancel.js';
 import { adminShutdown } from './errors.js';
-import { BackendPool } from './pool.js';
+import { IdleTransactionWatch, TenantClients, connectionRefusal } from './limits.js';
+import { BackendPool, type PoolLimits } from './pool.js';
 import { Session, type SessionDeps, type TenantLookup } from './session.js';
 import { upstreamTarget } from './upstream.js';
 
@@ -28,6 +29,8 @@ export interface ProxyServer {
   readonly closing: boolean;
   /** Stops accepting, lets sessions finish for up to `graceMs`, then ends the rest. */
   close(graceMs?: number): Promise<void>;
+  /** Takes a reloaded configuration (SIGHUP): limits, timeouts and the TLS certificate; open sessions stay. */
+  reload(config: Config): void;
 }
 
 export interface ProxyOptions {
@@ -46,6 +49,18 @@ function loadTls(config: Config): { secureContext: tls.SecureContext | null; tls
   if (!config.tlsCert || !config.tlsKey) return { secureContext: null, tlsEndPoint: null };
   const cert = readFileSync(config.tlsCert);
   return { secureContext: tls.createSecureContext({ cert, key: readFileSync(config.tlsKey) }), tlsEndPoint: tlsServerEndPoint(cert) };
+}
+
+function poolLimits(config: Config): PoolLimits {
+  return {
+    size: config.poolSize,
+    maxBackends: config.maxBackends,
+    workers: config.workers,
+    minIdle: config.poolMinIdle,
+    waitTimeout: config.poolWaitTimeout,
+    idleTimeout: config.serverIdleTimeout,
+    lifetime: config.serverLifetime,
+  };
 }
 
 /** Resolves when every live session has ended, or after `ms`, whichever is first. */
@@ -78,19 +93,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   }
   const tenants: TenantLookup = opts.tenants ?? directory!;
   const observer = opts.observer ?? NO_OBSERVER;
-  const pool = new BackendPool(
-    {
-      size: config.poolSize,
-      maxBackends: config.maxBackends,
-      workers: config.workers,
-      minIdle: config.poolMinIdle,
-      waitTimeout: config.poolWaitTimeout,
-      idleTimeout: config.serverIdleTimeout,
-      lifetime: config.serverLifetime,
-    },
-    log.child({ component: 'pool' }),
-    observer,
-  );
+  const pool = new BackendPool(poolLimits(config), log.child({ component: 'pool' }), observer);
   const deps: SessionDeps = {
     config,
     target: upstreamTarget(config.upstream),
@@ -100,16 +103,20 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     ...loadTls(config),
     observer,
     log,
+    tenantClients: new TenantClients(() => deps.config),
   };
   if (config.isolation === 'schema') {
     log.warn('isolation mode "schema" is a convenience, not a security boundary: all tenants share one login role');
   }
   const live = new Map<Session, Promise<unknown>>();
   let counter = 0;
+  const idleTransactions = new IdleTransactionWatch(() => live.keys(), () => deps.config.idleTransactionTimeout);
+  idleTransactions.start();
 
   const server = net.createServer({ noDelay: true }, (socket) => {
     socket.setKeepAlive(true, 60_000);
-    const session = new Session(socket, `${process.pid.toString(36)}.${(++counter).toString(36)}`, deps);
+    const id = `${process.pid.toString(36)}.${(++counter).toString(36)}`;
+    const session = new Session(socket, id, deps, connectionRefusal(deps.config, live.size));
     const ended = session.run().finally(() => {
       live.delete(session);
       observer.sessionEnded(session.authenticatedTenant, session.counters());
@@ -181,6 +188,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     closing ??= (async () => {
       log.info({ sessions: live.size, graceMs }, 'shutting down: no new connections');
       server.close();
+      idleTransactions.stop();
       await allEndedWithin(live, graceMs);
       for (const s of live.keys()) s.terminate(adminShutdown());
       await allEndedWithin(live, 2000);
@@ -199,10 +207,20 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     connections: async () => connections(),
     disconnectTenant: async (id, reason) => disconnectTenant(id, reason),
   };
+  const reload = (next: Config): void => {
+    // A certificate that cannot be read keeps the one in use: a typo must not take TLS down.
+    const tlsFiles = loadTls(next);
+    Object.assign(deps, { config: next, ...tlsFiles });
+    pool.configure(poolLimits(next));
+    idleTransactions.start();
+    log.info({ tls: tlsFiles.secureContext !== null }, 'configuration reloaded');
+  };
+
   return {
     address,
     control,
     pool,
+    reload,
     sessions: () => live,
     connections,
     disconnectTenant,

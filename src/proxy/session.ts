@@ -11,6 +11,7 @@ import { relayAuthentication } from './auth/relay.js';
 import { authenticateClient, requireLogin, type BackendCredentials } from './auth/verify.js';
 import type { CancelKey, CancelRegistry } from './cancel.js';
 import { ClientConnection, ClientGone } from './client.js';
+import type { TenantClients } from './limits.js';
 import { PgError, adminShutdown, cannotConnectNow, invalidAuthorization, protocolViolation } from './errors.js';
 import type { BackendPool, PoolHandle, PoolKey } from './pool.js';
 import { decodeStartupPacket, encodeStartupMessage, type StartupPacket } from './protocol/startup.js';
@@ -42,23 +43,23 @@ export interface TenantLookup {
   roleSecret(role: string): Promise<RoleSecret | null>;
 }
 
+/** What sessions share; a reload (SIGHUP) swaps the configuration and TLS context for all of them. */
 export interface SessionDeps {
-  readonly config: Config;
+  config: Config;
   readonly target: UpstreamTarget;
   readonly tenants: TenantLookup;
   readonly cancels: CancelRegistry;
   readonly pool: BackendPool;
-  readonly secureContext: tls.SecureContext | null;
+  secureContext: tls.SecureContext | null;
   /** tls-server-end-point of the proxy's certificate, for SCRAM-SHA-256-PLUS; null when it allows none. */
-  readonly tlsEndPoint: Buffer | null;
+  tlsEndPoint: Buffer | null;
+  readonly tenantClients: TenantClients;
   readonly observer: ProxyObserver;
   readonly log: Logger;
 }
 
 /** How a session ended, for its log line and metrics. */
 export type Outcome = string;
-
-const STARTUP_TIMEOUT_MS = 60_000;
 
 export class Session implements TransactionLink {
   state = SessionState.Startup;
@@ -72,8 +73,10 @@ export class Session implements TransactionLink {
   private relay: Relay | TransactionRelay | null = null;
   /** This session's membership of its (tenant, role, database) pool, once the client has authenticated. */
   private pool: PoolHandle | null = null;
-  /** The tenant's own pool size, or the proxy's. */
-  private poolSize: number;
+  /** The tenant's own pool size; null for the proxy's. */
+  private tenantPoolSize: number | null = null;
+  /** Set while the session counts against its tenant's --max-tenant-clients. */
+  private counted = false;
   private settings: ReadonlyMap<string, string> = new Map();
   /** Set once AuthenticationOk went out. */
   private authenticated = false;
@@ -88,9 +91,10 @@ export class Session implements TransactionLink {
     socket: import('node:net').Socket,
     readonly id: string,
     private readonly deps: SessionDeps,
+    /** Set when the proxy is full: the client hears it once it has said who it is (a CancelRequest still works). */
+    private readonly refusal: PgError | null = null,
   ) {
     this.client = new ClientConnection(socket);
-    this.poolSize = deps.config.poolSize;
     this.log = deps.log.child({ session: id, client: this.clientAddress() });
   }
 
@@ -126,7 +130,8 @@ export class Session implements TransactionLink {
    * frame while the session relays, possibly for hours and for thousands of clients.
    */
   private async login(): Promise<boolean> {
-    const timer = setTimeout(() => this.client.refuse(protocolViolation('timeout during startup')), STARTUP_TIMEOUT_MS);
+    const ms = this.deps.config.startupTimeout;
+    const timer = ms > 0 ? setTimeout(() => this.client.refuse(protocolViolation('timeout during startup')), ms) : undefined;
     try {
       const startup = await this.negotiate();
       if (!startup) return false;
@@ -145,6 +150,16 @@ export class Session implements TransactionLink {
   /** True once the session relays (a suspension leaves it be; it ends only on an explicit disconnect). */
   get relaying(): boolean {
     return this.relay !== null;
+  }
+
+  private get poolSize(): number {
+    return this.tenantPoolSize ?? this.deps.config.poolSize;
+  }
+
+  /** Moves whenever bytes flow either way (for the idle-in-transaction watch). */
+  get activity(): number {
+    const relay = this.relay;
+    return relay ? relay.stats.bytesIn + relay.stats.bytesOut : this.client.bytesIn + this.client.bytesOut;
   }
 
   get clientState(): ClientState {
@@ -194,6 +209,7 @@ export class Session implements TransactionLink {
           this.client.close();
           return null;
         case 'StartupMessage':
+          if (this.refusal) throw this.refusal;
           if (config.clientTls === 'require' && !this.encrypted) {
             throw invalidAuthorization('pgtenant requires TLS: connect with sslmode=require');
           }
@@ -261,7 +277,7 @@ export class Session implements TransactionLink {
     const loginRole = identity.loginRole ?? record?.role ?? null;
     const schema = record?.schema ?? identity.tenantId;
     const key: PoolKey = { tenant: identity.tenantId, role: loginRole ?? user, database: params.get('database') ?? loginRole ?? user };
-    this.poolSize = record?.poolSize ?? config.poolSize;
+    this.tenantPoolSize = record?.poolSize ?? null;
     let credentials: BackendCredentials | null = null;
     let secret: RoleSecret | null = null;
     if (config.auth === 'relay') {
@@ -286,6 +302,9 @@ export class Session implements TransactionLink {
       throw cannotConnectNow(`tenant "${current.id}" is suspended`, 'Ask the operator to resume the tenant.');
     }
     requireLogin(secret, loginRole!);
+    const full = this.deps.tenantClients.enter(identity.tenantId);
+    if (full) throw full;
+    this.counted = true;
     this.client.write(writer.authenticationOk().flush());
     this.authenticated = true;
     if (credentials) {
@@ -417,7 +436,7 @@ export class Session implements TransactionLink {
   terminate(err: PgError = adminShutdown()): void {
     if (this.relay) {
       // A closed socket stops a backend only when it next writes: cancel the running query too.
-      this.cancel();
+      if (this.relay.clientState === 'active') this.cancel();
       this.relay.end('server_closed', errorResponseFor(err));
     }
     else this.client.refuse(err);
@@ -427,6 +446,8 @@ export class Session implements TransactionLink {
   private async cleanup(): Promise<void> {
     if (this.state !== SessionState.Closed) this.transition(SessionState.Closed);
     if (this.proxyKey) this.deps.cancels.revoke(this.proxyKey.processId);
+    if (this.counted) this.deps.tenantClients.leave(this.tenant!);
+    this.counted = false;
     let held: { backend: BackendConnection; state: 'idle' | 'idle_in_transaction' | null; dirty: boolean } | null;
     if (this.relay instanceof TransactionRelay) held = this.relay.takeBackend();
     else if (this.backend) held = { backend: this.backend, state: this.relay ? this.relay.backendState : this.backendState, dirty: true };

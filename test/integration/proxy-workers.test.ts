@@ -1,7 +1,5 @@
 // `pgtenant proxy --workers 2` as real processes: shared port and spread, cancels across workers, split limits, the admin API summed over workers, a killed worker replaced, SIGTERM, a failed start, and --workers validation.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -9,6 +7,7 @@ import type { TenantConnections } from '../../src/proxy/activity.js';
 import { TenantService } from '../../src/tenants/service.js';
 import { fetchJson, parseMetrics, sampleValue } from '../support/admin.js';
 import { bin, runCli, uniqueTenantId, type TestDatabase } from '../support/db.js';
+import { Cli, pidsWith, until } from '../support/cli-process.js';
 import { backendKey, cancelRequest, connectPg, initializedDatabase, rejection, sessionEnd, sleep } from '../support/proxy.js';
 
 const PASSWORD = 'workers-password-1';
@@ -28,104 +27,6 @@ const spawned: Cli[] = [];
 let proxy: Cli;
 let port: number;
 let adminBase: string;
-
-interface LogLine {
-  msg?: string;
-  pid?: number;
-  worker?: number;
-  component?: string;
-  listen?: string;
-  [k: string]: unknown;
-}
-
-/** Live processes whose command line holds `marker` (the proxy's workers re-run its command line, so they carry it too). */
-function pidsWith(marker: string): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
-      if (cmdline.includes(marker) && cmdline.includes('pgtenant.js')) pids.push(Number(entry));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return pids.sort((a, b) => a - b);
-}
-
-/** `node bin/pgtenant.js ...args` with a clean environment; its JSON log lines (the workers' included: they share stderr) parsed as they come. */
-class Cli {
-  readonly child: ChildProcess;
-  stderr = '';
-  readonly lines: LogLine[] = [];
-  exit: { code: number | null; signal: NodeJS.Signals | null } | null = null;
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-
-  constructor(
-    args: string[],
-    /** A string only this process tree's command lines hold, to find (and in the end kill) its workers. */
-    readonly marker: string,
-  ) {
-    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('PGTENANT_') && k !== 'DATABASE_URL'));
-    this.child = spawn(process.execPath, [bin(), ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let partial = '';
-    this.child.stderr!.on('data', (d: Buffer) => {
-      const text = d.toString('utf8');
-      this.stderr += text;
-      const parts = (partial + text).split('\n');
-      partial = parts.pop()!;
-      for (const line of parts) {
-        try {
-          this.lines.push(JSON.parse(line) as LogLine);
-        } catch {
-          // not a log line (the CLI's own `pgtenant: ...` message)
-        }
-      }
-    });
-    this.child.stdout!.resume();
-    this.exited = new Promise((resolve) =>
-      this.child.once('exit', (code, signal) => {
-        this.exit = { code, signal };
-        resolve(this.exit);
-      }),
-    );
-  }
-
-  /** The first log line from index `from` on that satisfies `pred`, polled for up to `ms`. */
-  async line(pred: (l: LogLine) => boolean, what: string, from = 0, ms = 15_000): Promise<LogLine> {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      const found = this.lines.slice(from).find(pred);
-      if (found) return found;
-      if (this.exit || Date.now() > deadline) {
-        throw new Error(`no log line ${what} (${this.exit ? `process exited ${JSON.stringify(this.exit)}` : `after ${ms} ms`}):\n${this.stderr.slice(-4000)}`);
-      }
-      await sleep(20);
-    }
-  }
-
-  /** Kills the primary and whatever workers it left, by pid. */
-  async kill(): Promise<void> {
-    for (const pid of new Set([this.child.pid!, ...pidsWith(this.marker)])) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
-    await Promise.race([this.exited, sleep(5000)]);
-  }
-}
-
-/** Polls `cond` every 25 ms for up to `ms`; true once it held. */
-async function until(cond: () => boolean | Promise<boolean>, ms = 5000): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    if (await cond()) return true;
-    if (Date.now() > deadline) return false;
-    await sleep(25);
-  }
-}
 
 async function newTenant(prefix: string): Promise<string> {
   const id = uniqueTenantId(prefix);

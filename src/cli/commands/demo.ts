@@ -13,6 +13,7 @@ import { startRuntime, type Runtime } from '../../runtime.js';
 import { installControlSchema } from '../../tenants/control-schema.js';
 import { TenantService } from '../../tenants/service.js';
 import { EXIT_OK, type Command } from '../command.js';
+import { exitOnNextStopSignal } from '../signals.js';
 
 const DEMO_TENANTS = ['acme', 'globex'] as const;
 const EXAMPLES = resolve(dirname(fileURLToPath(import.meta.url)), '../../../examples/migrations');
@@ -112,7 +113,8 @@ export const demoCommand: Command = {
       out('');
       out('Press Ctrl-C to stop.');
       await stopped;
-      out('Stopping...');
+      out('Stopping... (press Ctrl-C again to exit at once)');
+      exitOnNextStopSignal(log);
     } finally {
       await runtime?.close(2000);
       await pool.end();

@@ -1,6 +1,7 @@
-// `pgtenant proxy`: runs the proxy and its admin API until SIGINT/SIGTERM, then shuts down gracefully.
+// `pgtenant proxy`: runs the proxy and its admin API until SIGINT/SIGTERM, then drains; SIGHUP reloads the configuration.
 import { startRuntime } from '../../runtime.js';
 import { EXIT_OK, type Command } from '../command.js';
+import { exitOnNextStopSignal, onHangup } from '../signals.js';
 
 export const proxyCommand: Command = {
   command: 'proxy',
@@ -8,12 +9,16 @@ export const proxyCommand: Command = {
   options: [
     'upstream', 'listen', 'adminListen', 'adminToken', 'metricsTenantLimit', 'isolation', 'poolMode', 'auth', 'poolSize', 'maxBackends', 'workers',
     'poolMinIdle', 'poolWaitTimeout', 'serverIdleTimeout', 'serverLifetime', 'tlsCert', 'tlsKey', 'clientTls',
-    'connectTimeout', 'shutdownTimeout', 'tenantCacheTtl', 'migrationsDir',
+    'connectTimeout', 'shutdownTimeout', 'maxClientConnections', 'maxTenantClients', 'startupTimeout', 'idleTransactionTimeout',
+    'tenantCacheTtl', 'migrationsDir',
   ],
-  async run(_args, { config, log, stopped }) {
+  async run(_args, { config, log, stopped, loadConfig }) {
     const runtime = await startRuntime({ config, log });
+    const stopReloading = onHangup(log, () => runtime.reload(loadConfig()));
     const signal = await stopped;
-    log.info({ signal }, 'stop requested');
+    stopReloading();
+    log.info({ signal }, 'stop requested: draining (send it again to exit at once)');
+    exitOnNextStopSignal(log);
     await runtime.close();
     return EXIT_OK;
   },
