@@ -1,5 +1,5 @@
 // `pgtenant proxy`: runs the proxy and its admin API until SIGINT/SIGTERM, then drains; SIGHUP reloads the configuration.
-import { startRuntime } from '../../runtime.js';
+import { startRuntime, type Runtime } from '../../runtime.js';
 import { EXIT_OK, type Command } from '../command.js';
 import { exitOnNextStopSignal, onHangup } from '../signals.js';
 
@@ -13,8 +13,15 @@ export const proxyCommand: Command = {
     'tenantCacheTtl', 'migrationsDir',
   ],
   async run(_args, { config, log, stopped, loadConfig }) {
-    const runtime = await startRuntime({ config, log });
-    const stopReloading = onHangup(log, () => runtime.reload(loadConfig()));
+    let runtime: Runtime | null = null;
+    // From the start: SIGHUP's default action would end a proxy that is still starting.
+    const stopReloading = onHangup(log, () => (runtime ? runtime.reload(loadConfig()) : log.warn('still starting: SIGHUP ignored')));
+    try {
+      runtime = await startRuntime({ config, log });
+    } catch (err) {
+      stopReloading();
+      throw err;
+    }
     const signal = await stopped;
     stopReloading();
     log.info({ signal }, 'stop requested: draining (send it again to exit at once)');
