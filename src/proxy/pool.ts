@@ -7,6 +7,13 @@ import { BackendStatements, type BackendConnection } from './upstream.js';
 
 export type { BackendWaiter, Opener, PoolHandle, PoolKey, ServerCounts } from './key-pool.js';
 
+/**
+ * At the global cap, a backend passes from client to client of its own pool for this long before it yields to a
+ * pool that waits for room. Yielding after every transaction would make each one pay for a backend's close and
+ * another's login, which is most of the work when many tenants share few backends.
+ */
+const TURN_MS = 50;
+
 export interface PoolLimits {
   /** Backends per pool, unless a tenant has its own size. */
   readonly size: number;
@@ -209,6 +216,7 @@ export class BackendPool {
         continue;
       }
       pool.active++;
+      backend.turnSince = Date.now();
       return backend;
     }
     return null;
@@ -220,8 +228,10 @@ export class BackendPool {
    */
   private makeRoom(): boolean {
     if (!this.atGlobalCap()) return true;
-    // One eviction at a time: each frees the room for one waiter when its server is gone.
-    if (this.closing > 0) return false;
+    // Each eviction frees the room for one waiter when its server is gone: as many in flight as pools wait for
+    // room (this caller and those in rotation), not one at a time, or many tenants over few backends would queue
+    // behind one server's goodbye after another.
+    if (this.closing > this.rotation.length) return false;
     let victim: KeyPool | null = null;
     for (const p of this.pools.values()) {
       const oldest = p.idle[0];
@@ -245,6 +255,7 @@ export class BackendPool {
     }
     pool.opening--;
     pool.active++;
+    backend.turnSince = Date.now();
     this.owner.set(backend, pool);
     backend.statements = new BackendStatements(pool.statementEpoch);
     // An idle backend is watched: one the server closes (restart, pg_terminate_backend) leaves at once.
@@ -310,7 +321,7 @@ export class BackendPool {
 
   /** Gives a released backend straight to its own pool's next waiter, unless another pool's turn comes first. */
   private handOver(pool: KeyPool, backend: BackendConnection): boolean {
-    if (this.atGlobalCap() && this.starving(pool)) return false;
+    if (this.atGlobalCap() && Date.now() - backend.turnSince >= TURN_MS && this.starving(pool)) return false;
     const waiters = pool.waiters;
     let i = 0;
     while (i < waiters.length && !waiters[i]!.reuse) i++;

@@ -178,9 +178,24 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       (err: Error) => log.warn({ err: err.message, tenant: id }, 'tenant lookup after change failed'),
     );
   });
+  // The NOTIFY is only a hint (any role may send one): what counts is the request count in the tenant's row,
+  // which tenants cannot write. Sessions that logged in before the latest request end; later ones stay.
   directory?.on('disconnect', (id: string) => {
-    const n = disconnectTenant(id, `an administrator disconnected tenant "${id}"`);
-    log.info({ tenant: id, sessions: n }, 'tenant sessions disconnected');
+    void directory!.lookup(id).then(
+      (record) => {
+        if (!record) return void disconnectTenant(id, `tenant "${id}" was dropped`);
+        const reason = adminShutdown(`terminating connection: an administrator disconnected tenant "${id}"`);
+        let n = 0;
+        for (const s of live.keys()) {
+          if (s.tenant !== id || s.disconnectEpoch < 0 || s.disconnectEpoch >= record.disconnectEpoch) continue;
+          s.revoke(reason);
+          n++;
+        }
+        if (n > 0) pool.closeTenant(id);
+        log.info({ tenant: id, sessions: n, disconnectEpoch: record.disconnectEpoch }, n > 0 ? 'tenant sessions disconnected' : 'disconnect notification with no older session');
+      },
+      (err: Error) => log.warn({ err: err.message, tenant: id }, 'tenant lookup after a disconnect notification failed'),
+    );
   });
 
   let closing: Promise<void> | null = null;

@@ -77,6 +77,8 @@ export class Session implements TransactionLink {
   private tenantPoolSize: number | null = null;
   /** Set while the session counts against its tenant's --max-tenant-clients. */
   private counted = false;
+  /** The tenant's disconnect count when this client logged in: a later request ends it. */
+  disconnectEpoch = -1;
   private settings: ReadonlyMap<string, string> = new Map();
   /** Set once AuthenticationOk went out. */
   private authenticated = false;
@@ -302,6 +304,7 @@ export class Session implements TransactionLink {
       throw cannotConnectNow(`tenant "${current.id}" is suspended`, 'Ask the operator to resume the tenant.');
     }
     requireLogin(secret, loginRole!);
+    this.disconnectEpoch = current.disconnectEpoch;
     const full = this.deps.tenantClients.enter(identity.tenantId);
     if (full) throw full;
     this.counted = true;

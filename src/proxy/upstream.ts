@@ -157,6 +157,8 @@ export class BackendConnection {
   readonly createdAt = Date.now();
   /** When it last went idle in its pool. */
   idleSince = 0;
+  /** When its pool last took it up (opened, or taken idle): hand-overs from client to client since then are one turn. */
+  turnSince = 0;
   /** Called when the socket closes while no relay owns it (the pool's watch on idle backends). */
   onIdleClose: (() => void) | null = null;
   /** The server's ParameterStatus values, as of the last time the connection was attached. */

@@ -48,6 +48,8 @@ const STEPS: readonly string[] = [
   CREATE UNIQUE INDEX IF NOT EXISTS migrations_shared_version ON pgtenant.migrations (version) WHERE tenant_id IS NULL;
   `,
   AUTH_FUNCTION,
+  // Disconnect requests are counted here, where tenants cannot write: a NOTIFY anyone may send only says "look".
+  `ALTER TABLE pgtenant.tenants ADD COLUMN IF NOT EXISTS disconnect_epoch integer NOT NULL DEFAULT 0;`,
 ];
 
 export const CONTROL_SCHEMA_VERSION = STEPS.length;

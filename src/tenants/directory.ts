@@ -35,8 +35,8 @@ const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 10_000;
 
 /**
- * Events: 'change' (id) when a NOTIFY names a tenant; 'disconnect' (id) when an operator asked every proxy
- * to end the tenant's sessions; 'reset' when the LISTEN connection was lost and the whole cache was dropped
+ * Events: 'change' (id) when a NOTIFY names a tenant; 'disconnect' (id) when one says an operator may have asked
+ * every proxy to end the tenant's sessions (any role can NOTIFY: the listener checks the tenant's row); 'reset' when the LISTEN connection was lost and the whole cache was dropped
  * (changes in between were missed).
  */
 export class TenantDirectory extends EventEmitter {
@@ -165,6 +165,9 @@ export class TenantDirectory extends EventEmitter {
     client.on('notification', (msg) => {
       if (!msg.payload) return;
       if (msg.channel === DISCONNECT_CHANNEL) {
+        // The next lookup must read the row, whose disconnect count is what counts.
+        this.cache.delete(msg.payload);
+        this.inflight.delete(msg.payload);
         this.emit('disconnect', msg.payload);
       } else if (msg.channel === TENANT_CHANNEL) {
         this.cache.delete(msg.payload);

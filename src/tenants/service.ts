@@ -184,12 +184,13 @@ export class TenantService {
   /** Asks every proxy listening on this database to end the tenant's open sessions. */
   async disconnect(id: string): Promise<TenantRecord> {
     validateTenantId(id);
-    return this.withClient(async (c) => {
-      const record = toRecord(await findRow(c, id, false));
-      await notify(c, id, DISCONNECT_CHANNEL);
-      this.log.info({ tenant: id }, 'tenant sessions disconnected');
-      return record;
+    const record = await this.transaction(async (c) => {
+      await findRow(c, id, true);
+      const row = await requestDisconnect(c, id);
+      return toRecord(row);
     });
+    this.log.info({ tenant: id }, 'tenant sessions disconnected');
+    return record;
   }
 
   /**
@@ -253,8 +254,7 @@ export class TenantService {
         [id, state],
       );
       await notify(c, id);
-      if (disconnect) await notify(c, id, DISCONNECT_CHANNEL);
-      return toRecord(rows[0]!);
+      return toRecord(disconnect ? await requestDisconnect(c, id) : rows[0]!);
     });
     this.log.info({ tenant: id, state, disconnect }, state === 'active' ? 'tenant resumed' : 'tenant suspended');
     return record;
@@ -342,6 +342,16 @@ async function findRow(c: pg.ClientBase, id: string, forUpdate: boolean): Promis
 }
 
 /** Inside a transaction, delivered at COMMIT, so listeners never see a change that rolled back. */
+/** Counts a disconnect request in the tenant's row and tells the proxies to look at it (they act on the count, not the NOTIFY). */
+async function requestDisconnect(c: pg.ClientBase, id: string): Promise<TenantRow> {
+  const { rows } = await c.query<TenantRow>(
+    `UPDATE pgtenant.tenants SET disconnect_epoch = disconnect_epoch + 1 WHERE id = $1 RETURNING ${TENANT_COLUMNS}`,
+    [id],
+  );
+  await notify(c, id, DISCONNECT_CHANNEL);
+  return rows[0]!;
+}
+
 async function notify(c: pg.ClientBase, id: string, channel = TENANT_CHANNEL): Promise<void> {
   await c.query('SELECT pg_catalog.pg_notify($1, $2)', [channel, id]);
 }
