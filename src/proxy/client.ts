@@ -26,7 +26,13 @@ function ignore(): void {}
 
 export class ClientConnection {
   readonly reader = new MessageReader();
-  private waiter: { want: Wanted; resolve: (v: Buffer | TypedMessage) => void; reject: (e: Error) => void } | null = null;
+  private waiter: {
+    want: Wanted;
+    /** For a message: its type, checked as soon as the first byte is in (a wrong one is refused, not awaited). */
+    expected?: { type: number; what: string };
+    resolve: (v: Buffer | TypedMessage) => void;
+    reject: (e: Error) => void;
+  } | null = null;
   private failure: Error | null = null;
   bytesIn = 0;
   bytesOut = 0;
@@ -71,6 +77,12 @@ export class ClientConnection {
     const w = this.waiter;
     if (!w) return;
     let value: Buffer | TypedMessage | null;
+    const expected = w.expected;
+    if (expected && this.reader.buffered > 0 && this.reader.firstByte() !== expected.type) {
+      const got = String.fromCharCode(this.reader.firstByte());
+      this.fail(protocolViolation(`expected ${expected.what} message, got message type "${got}"`));
+      return;
+    }
     try {
       value = w.want === 'startup' ? this.reader.readStartupPacket() : this.reader.readMessage();
     } catch (err) {
@@ -83,10 +95,10 @@ export class ClientConnection {
     }
   }
 
-  private read<T extends Buffer | TypedMessage>(want: Wanted): Promise<T> {
+  private read<T extends Buffer | TypedMessage>(want: Wanted, expected?: { type: number; what: string }): Promise<T> {
     if (this.failure) return Promise.reject(this.failure);
     return new Promise<T>((resolve, reject) => {
-      this.waiter = { want, resolve: resolve as (v: Buffer | TypedMessage) => void, reject };
+      this.waiter = { want, ...(expected ? { expected } : {}), resolve: resolve as (v: Buffer | TypedMessage) => void, reject };
       this.pump();
     });
   }
@@ -97,12 +109,8 @@ export class ClientConnection {
   }
 
   /** The next typed message, which must be of the expected type (authentication replies). */
-  async readMessage(expected: number, what: string): Promise<TypedMessage> {
-    const m = await this.read<TypedMessage>('message');
-    if (m.type !== expected) {
-      throw protocolViolation(`expected ${what} message, got message type "${String.fromCharCode(m.type)}"`);
-    }
-    return m;
+  readMessage(expected: number, what: string): Promise<TypedMessage> {
+    return this.read<TypedMessage>('message', { type: expected, what });
   }
 
   write(buf: Buffer): void {

@@ -8,8 +8,11 @@ export const CANCEL_REQUEST_CODE = 80877102;
 
 /** Largest startup-phase packet accepted, length field included (same as PostgreSQL). */
 export const MAX_STARTUP_PACKET = 10_000;
-/** Largest typed message the proxy buffers whole; only used while authenticating. */
-export const MAX_CLIENT_MESSAGE = 1 << 20;
+/**
+ * Largest typed message the proxy buffers whole, length field included; only used while authenticating, so an
+ * unauthenticated client cannot make it hold more. PostgreSQL takes SASL messages of up to 1024 bytes.
+ */
+export const MAX_CLIENT_MESSAGE = 1024 + 4;
 
 const code = (letter: string): number => letter.charCodeAt(0);
 

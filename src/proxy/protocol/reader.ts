@@ -50,6 +50,11 @@ export class MessageReader {
     return { type: message[0]!, body: message.subarray(5), frame: message };
   }
 
+  /** The next byte (a message's type); only when something is buffered. */
+  firstByte(): number {
+    return this.byteAt(0);
+  }
+
   /** Hands over every unconsumed byte and empties the reader. */
   takeRemaining(): Buffer {
     if (this.size === 0) return EMPTY;
