@@ -246,6 +246,8 @@ describe('limits', () => {
       await b1.authenticated;
       expect(await stillPending(b1.connected)).toBe(true);
 
+      // A backend serves its own pool's queue for a turn (500 ms, see pool.ts) before it yields: let a1's run out.
+      await sleep(600);
       await a1.end();
       const b = await b1.connected;
       try {
@@ -261,6 +263,30 @@ describe('limits', () => {
         await b.end();
         expect(watch.stop()).toBeLessThanOrEqual(2);
       }
+    });
+  });
+
+  it('at the global cap, a backend first serves its own tenant\'s queue for a turn, then yields to the waiting tenant', async () => {
+    const [ta, tb] = [await newTenant('turna'), await newTenant('turnb')];
+    await withProxy({ maxBackends: 2, poolSize: 2, poolWaitTimeout: 5000 }, async (p) => {
+      const a1 = await connect(p, ta);
+      const a2 = await connect(p, ta);
+      const a1pid = await pidOf(a1);
+      const a3 = queued(p, ta);
+      await a3.authenticated;
+      const b1 = queued(p, tb);
+      await b1.authenticated;
+      // Within its turn, a1's backend goes straight to a3, though tb waits for room.
+      await a1.end();
+      const a = await a3.connected;
+      expect(await pidOf(a)).toBe(a1pid);
+      expect(await stillPending(b1.connected)).toBe(true);
+      // a2's backend has served ta for longer than a turn: released, it makes room for tb.
+      await sleep(600);
+      await a2.end();
+      const b = await b1.connected;
+      expect(await usenameOf(await pidOf(b))).toBe(tb);
+      await Promise.all([a.end(), b.end()]);
     });
   });
 
