@@ -77,7 +77,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   if (!config.upstream) throw new Error('the proxy needs an upstream URL');
   let directory: TenantDirectory | null = null;
   if (!opts.tenants) {
-    directory = new TenantDirectory({ connectionString: config.upstream, ttlMs: config.tenantCacheTtl, log });
+    directory = new TenantDirectory({ connectionString: config.upstream, ttlMs: config.tenantCacheTtl, timeoutMs: config.connectTimeout, log });
     await directory.start().catch((err: Error) => {
       throw new Error(`cannot reach the upstream ${redactUrl(config.upstream!)}: ${err.message || String(err)}`, { cause: err });
     });

@@ -288,7 +288,9 @@ export class Session implements TransactionLink {
       const startupMessage = encodeStartupMessage(backendStartupParameters(params, loginRole!, schema));
       const relayed = (b: BackendConnection) => relayAuthentication(this.client, b, writer);
       this.pool = this.deps.pool.join(key, null);
-      this.backend = await this.deps.pool.acquire(this.pool, () => this.openBackend(startupMessage, relayed), this.poolSize);
+      const { target, config: c, observer } = this.deps;
+      const open = () => openBackend(target, startupMessage, c.connectTimeout, relayed, (s) => observer.backendConnected(s), true);
+      this.backend = await this.deps.pool.acquire(this.pool, open, this.poolSize);
       await this.backend.readUntilReady();
     } else {
       // Asked for unknown tenants too: when the auth query fails, every login fails alike, telling no tenant apart.
@@ -376,11 +378,6 @@ export class Session implements TransactionLink {
     }
     backend.settingsKey = this.settingsKey;
     return backend;
-  }
-
-  private openBackend(startupMessage: Buffer, login: (b: BackendConnection) => Promise<void>): Promise<BackendConnection> {
-    const { target, config, observer } = this.deps;
-    return openBackend(target, startupMessage, config.connectTimeout, login, (s) => observer.backendConnected(s));
   }
 
   /** A failed lookup says nothing about the tenant: it is the proxy that cannot reach its control schema. */

@@ -35,6 +35,15 @@ export function upstreamTarget(url: string): UpstreamTarget {
   return Object.freeze({ host, port, socketPath, sslmode: socketPath ? 'disable' : sslmode });
 }
 
+/**
+ * A server that accepts and then says nothing (a blackholed network, a wedged server) must not hold a pool
+ * slot, or the login waiting for it, forever: the socket is destroyed once it has been silent for `ms`.
+ * The watch stays on through TLS and login, and openBackend lifts it once the backend is ready.
+ */
+function watchSilence(socket: net.Socket, ms: number): void {
+  socket.setTimeout(ms, () => socket.destroy(new Error(`no answer from the upstream server within ${ms} ms`)));
+}
+
 function connectSocket(target: UpstreamTarget, timeoutMs: number): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const socket = target.socketPath
@@ -44,10 +53,9 @@ function connectSocket(target: UpstreamTarget, timeoutMs: number): Promise<net.S
       socket.destroy();
       reject(connectionFailure(`could not connect to the upstream server: ${err.message}`));
     };
-    socket.setTimeout(timeoutMs, () => fail(new Error(`timeout after ${timeoutMs} ms`)));
+    watchSilence(socket, timeoutMs);
     socket.once('error', fail);
     socket.once('connect', () => {
-      socket.setTimeout(0);
       socket.off('error', fail);
       socket.setNoDelay(true);
       socket.setKeepAlive(true, 60_000);
@@ -57,12 +65,15 @@ function connectSocket(target: UpstreamTarget, timeoutMs: number): Promise<net.S
 }
 
 /** Sends SSLRequest and upgrades when the server agrees; falls back to plaintext only where sslmode allows. */
-async function negotiateTls(socket: net.Socket, target: UpstreamTarget): Promise<net.Socket> {
+async function negotiateTls(socket: net.Socket, target: UpstreamTarget, timeoutMs: number): Promise<net.Socket> {
   if (target.sslmode === 'disable' || target.sslmode === 'allow') return socket;
   const answer = await new Promise<number>((resolve, reject) => {
+    const closed = () => reject(new Error('the server closed the connection'));
     socket.once('error', reject);
+    socket.once('close', closed);
     socket.once('data', (b: Buffer) => {
       socket.off('error', reject);
+      socket.off('close', closed);
       if (b.length !== 1) reject(new Error('unexpected reply to SSLRequest'));
       else resolve(b[0]!);
     });
@@ -83,19 +94,27 @@ async function negotiateTls(socket: net.Socket, target: UpstreamTarget): Promise
       rejectUnauthorized: verify,
       ...(target.sslmode === 'verify-full' ? { servername: target.host } : { checkServerIdentity: () => undefined }),
     });
-    secure.once('secureConnect', () => {
-      secure.off('error', reject);
-      resolve(secure);
-    });
-    secure.once('error', (err) => {
+    const failed = (err: Error) => {
       socket.destroy();
       reject(connectionFailure(`upstream TLS handshake failed: ${err.message}`));
+    };
+    const closed = () => failed(new Error('the server closed the connection'));
+    secure.once('secureConnect', () => {
+      secure.off('error', failed);
+      secure.off('close', closed);
+      // From here the watch is on the socket the backend reads (the raw one only carries TLS records).
+      socket.setTimeout(0);
+      watchSilence(secure, timeoutMs);
+      resolve(secure);
     });
+    secure.once('error', failed);
+    secure.once('close', closed);
   });
 }
 
+/** A connected socket (TLS where sslmode says so), still watched for silence (see watchSilence). */
 export async function openBackendSocket(target: UpstreamTarget, timeoutMs: number): Promise<net.Socket> {
-  return negotiateTls(await connectSocket(target, timeoutMs), target);
+  return negotiateTls(await connectSocket(target, timeoutMs), target, timeoutMs);
 }
 
 const TERMINATE = Buffer.from([0x58, 0, 0, 0, 4]);
@@ -303,7 +322,8 @@ export function backendError(m: BackendMessage): PgError {
 
 /**
  * Opens a backend and logs it in (`login` answers its authentication); `connected` is told how many seconds
- * it took. A backend whose login fails is closed.
+ * it took. A backend whose login fails is closed. The server must answer each step within `timeoutMs`, the
+ * login's included unless `clientAnswers` (a relayed login waits for the client, under its startup timeout).
  */
 export async function openBackend(
   target: UpstreamTarget,
@@ -311,15 +331,18 @@ export async function openBackend(
   timeoutMs: number,
   login: (b: BackendConnection) => Promise<void>,
   connected: (seconds: number) => void,
+  clientAnswers = false,
 ): Promise<BackendConnection> {
   const started = performance.now();
   const backend = await connectBackend(target, startupMessage, timeoutMs);
+  if (clientAnswers) backend.socket.setTimeout(0);
   try {
     await login(backend);
   } catch (err) {
     backend.close();
     throw err;
   }
+  backend.socket.setTimeout(0);
   connected((performance.now() - started) / 1000);
   return backend;
 }

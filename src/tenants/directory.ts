@@ -12,6 +12,11 @@ export interface TenantDirectoryOptions {
   ttlMs: number;
   /** How long "no such tenant" stays cached (default: 2 s, at most ttlMs). */
   negativeTtlMs?: number;
+  /**
+   * Milliseconds to connect, and for a lookup to answer (default 5000): a server that stops answering fails
+   * lookups (the client gets 57P03) rather than holding logins until their startup timeout.
+   */
+  timeoutMs?: number;
   log?: Logger;
 }
 
@@ -55,7 +60,14 @@ export class TenantDirectory extends EventEmitter {
     super();
     this.log = (opts.log ?? silentLogger).child({ component: 'tenant-directory' });
     this.negativeTtlMs = Math.min(opts.negativeTtlMs ?? 2000, opts.ttlMs);
-    this.pool = new pg.Pool({ connectionString: opts.connectionString, max: 4, application_name: 'pgtenant-directory' });
+    const timeoutMs = opts.timeoutMs ?? 5000;
+    this.pool = new pg.Pool({
+      connectionString: opts.connectionString,
+      max: 4,
+      application_name: 'pgtenant-directory',
+      connectionTimeoutMillis: timeoutMs,
+      query_timeout: timeoutMs,
+    });
     // An idle pooled client losing its server must not crash the proxy; the pool replaces it.
     this.pool.on('error', (err) => this.log.warn({ err: err.message }, 'tenant lookup connection lost'));
   }
@@ -150,6 +162,8 @@ export class TenantDirectory extends EventEmitter {
     const client = new pg.Client({
       connectionString: this.opts.connectionString,
       application_name: 'pgtenant-listen',
+      connectionTimeoutMillis: this.opts.timeoutMs ?? 5000,
+      query_timeout: this.opts.timeoutMs ?? 5000,
       keepAlive: true,
     });
     let lost = false;
