@@ -1,8 +1,10 @@
 // The hot path: bytes between a client and its backend, framed by message headers only, with backpressure.
 import type net from 'node:net';
 import type { ClientState } from './activity.js';
+import { connectionFailure } from './errors.js';
 import { Backend } from './protocol/constants.js';
 import { HeaderScanner } from './protocol/scanner.js';
+import { errorResponseFor } from './protocol/writer.js';
 import type { BackendConnection, BackendSink } from './upstream.js';
 
 /** ReadyForQuery status byte -> the state of a client waiting for its next statement. */
@@ -18,6 +20,16 @@ export function endGracefully(socket: net.Socket, last?: Buffer): void {
   if (last) socket.end(last);
   else socket.end();
   setTimeout(() => socket.destroy(), 1000).unref();
+}
+
+const SERVER_GONE = errorResponseFor(connectionFailure('server closed the connection unexpectedly'));
+
+/**
+ * What a client hears when its backend's connection ends under it: the server's own FATAL when it sent one
+ * (57P01 from pg_terminate_backend or a shutdown), else 08006, so that it is not left with a bare close.
+ */
+export function serverGone(lastType: number): Buffer | undefined {
+  return lastType === Backend.ErrorResponse ? undefined : SERVER_GONE;
 }
 
 export interface RelayStats {
@@ -63,7 +75,7 @@ export class Relay {
   private readonly serverSink: BackendSink = {
     data: this.onServerData,
     drain: () => this.client.resume(),
-    closed: () => this.end('server_closed'),
+    closed: () => this.end('server_closed', serverGone(this.fromServer.lastType)),
   };
   readonly server: net.Socket;
 

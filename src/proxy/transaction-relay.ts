@@ -6,7 +6,7 @@ import { PgError } from './errors.js';
 import { Backend, Frontend } from './protocol/constants.js';
 import type { Pieces } from './pieces.js';
 import { errorResponseFor } from './protocol/writer.js';
-import { endGracefully, type RelayEnd, type RelayStats } from './relay.js';
+import { endGracefully, serverGone, type RelayEnd, type RelayStats } from './relay.js';
 import { ServerAnswers } from './server-answers.js';
 import { ServerStream } from './server-stream.js';
 import type { BackendConnection, BackendSink } from './upstream.js';
@@ -93,7 +93,7 @@ export class TransactionRelay implements BackendSink {
   }
 
   closed(): void {
-    this.end('server_closed');
+    this.end('server_closed', serverGone(this.serverStream.lastType));
   }
 
   start(pending: Buffer): void {

@@ -381,6 +381,8 @@ describe.each(MODES)('connections reset by the network (%s mode)', (poolMode) =>
     if (poolMode === 'session') {
       const { error } = await ended;
       observed.push(`reset, idle client (session): connection closed, ${error ? `${error.code ?? 'no SQLSTATE'} "${error.message}"` : 'no error message'}`);
+      // The server said nothing before it went: the proxy says 08006, not a bare close.
+      expect((error as { code?: string } | null)?.code).toBe('08006');
       const r = await settle(b.query('SELECT 1'));
       expect(r.ok).toBe(false);
       observed.push(`reset, idle client's next query (session): ${said(r)}`);
@@ -408,6 +410,7 @@ describe.each(MODES)('connections reset by the network (%s mode)', (poolMode) =>
     const ms = Date.now() - at;
     observed.push(`reset mid-query (${poolMode}): ${said(r)} after ${ms} ms`);
     expect(r.ok).toBe(false);
+    expect(r.code, said(r)).toBe('08006');
     expect(ms).toBeLessThan(2000);
     const other = await settle(b.query('SELECT 1'));
     observed.push(`reset mid-query (${poolMode}), an idle client of the same tenant: ${said(other)}`);
