@@ -46,21 +46,14 @@ import {
   type ProxyFixture,
   type TestProxy,
 } from '../support/proxy.js';
+import { FUZZ_MULTIPLIER, FUZZ_SEED, fuzzRuns } from '../support/fuzz.js';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Budget, seed, case count
 
-function envNumber(name: string): number | null {
-  const raw = process.env[name];
-  if (raw === undefined || raw.trim() === '') return null;
-  const n = Number(raw);
-  if (!Number.isFinite(n)) throw new Error(`${name} must be a number, got ${JSON.stringify(raw)}`);
-  return n;
-}
-
-const MULTIPLIER = Math.max(envNumber('PGTENANT_FUZZ_RUNS') ?? 1, 0.01);
-const SEED = envNumber('PGTENANT_FUZZ_SEED') ?? (Math.random() * 2 ** 31) | 0;
-const runs = (base: number) => ({ numRuns: Math.max(1, Math.round(base * MULTIPLIER)), seed: SEED, endOnFailure: true });
+const MULTIPLIER = FUZZ_MULTIPLIER;
+const SEED = FUZZ_SEED;
+const runs = (base: number) => ({ ...fuzzRuns(base), endOnFailure: true });
 vi.setConfig({ testTimeout: 120_000 * Math.max(1, MULTIPLIER) });
 /** How long the proxy gets to answer or close one case: generous, it is a liveness bound, not a speed one. */
 const CASE_MS = 8_000;

@@ -1,8 +1,7 @@
 // Graceful shutdown: close(graceMs) stops accepting at once, lets open sessions work until the grace ends, then ends them with 57P01.
-import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { uniqueTenantId } from '../support/db.js';
-import { connectPg, proxyFixture, sessionEnd, sleep, type ProxyFixture } from '../support/proxy.js';
+import { connectPg, proxyFixture, sessionEnd, sleep, tcpConnect, type ProxyFixture } from '../support/proxy.js';
 
 const PASSWORD = 'shutdown-password-1';
 let fx: ProxyFixture;
@@ -17,18 +16,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await fx?.close();
 });
-
-/** Resolves with the error code of a plain TCP connect (null when it connected). */
-function tcpConnect(port: number): Promise<string | null> {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: '127.0.0.1', port });
-    s.once('connect', () => {
-      s.destroy();
-      resolve(null);
-    });
-    s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
-  });
-}
 
 /** The tenant's backends on the server, polled for a moment since a backend exits shortly after its socket closes. */
 async function tenantBackendsAfterSettling(): Promise<number> {

@@ -1,7 +1,6 @@
 // `pgtenant proxy` processes and signals: SIGTERM drains, a second SIGTERM or SIGINT exits at once, SIGHUP reloads the configuration and the TLS certificate without dropping sessions.
 import { X509Certificate } from 'node:crypto';
 import { mkdtemp, rm, writeFile, copyFile } from 'node:fs/promises';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
@@ -10,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TenantService } from '../../src/tenants/service.js';
 import { uniqueTenantId, type TestDatabase } from '../support/db.js';
 import { Cli } from '../support/cli-process.js';
-import { connectPg, hasBinary, initializedDatabase, rejection, run, sessionEnd, titleNeeding } from '../support/proxy.js';
+import { connectPg, hasBinary, initializedDatabase, rejection, run, sessionEnd, tcpConnect, titleNeeding } from '../support/proxy.js';
 
 const PASSWORD = 'signals-password-1';
 let db: TestDatabase;
@@ -52,17 +51,6 @@ async function connect(port: number, ssl?: pg.ClientConfig['ssl']): Promise<pg.C
 
 const one = async (c: pg.Client): Promise<number> => (await c.query('SELECT 1 AS one')).rows[0].one;
 
-function connectError(port: number): Promise<string | null> {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: '127.0.0.1', port });
-    s.once('connect', () => {
-      s.destroy();
-      resolve(null);
-    });
-    s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
-  });
-}
-
 describe('SIGTERM', () => {
   it('stops accepting at once, lets an open session work during the grace period, then ends it with 57P01 and exits 0', async () => {
     const { cli, port } = await startProxy({ shutdownTimeout: 2500 });
@@ -70,7 +58,7 @@ describe('SIGTERM', () => {
     const ended = sessionEnd(c, 15_000);
     cli.child.kill('SIGTERM');
     await cli.line((l) => l.msg === 'shutting down: no new connections', "'shutting down'");
-    expect(await connectError(port)).toBe('ECONNREFUSED');
+    expect(await tcpConnect(port)).toBe('ECONNREFUSED');
     expect(await one(c)).toBe(1);
     const t0 = Date.now();
     const { error } = await ended;

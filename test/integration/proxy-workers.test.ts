@@ -8,7 +8,7 @@ import { TenantService } from '../../src/tenants/service.js';
 import { fetchJson, parseMetrics, sampleValue } from '../support/admin.js';
 import { bin, runCli, uniqueTenantId, type TestDatabase } from '../support/db.js';
 import { Cli, pidsWith, until } from '../support/cli-process.js';
-import { backendKey, cancelRequest, connectPg, initializedDatabase, rejection, sessionEnd, sleep } from '../support/proxy.js';
+import { backendKey, cancelRequest, connectPg, initializedDatabase, rejection, sessionEnd, sleep, tcpConnect } from '../support/proxy.js';
 
 const PASSWORD = 'workers-password-1';
 const TOKEN = randomBytes(16).toString('hex');
@@ -133,18 +133,6 @@ async function landedOn(localPort: number, from: number): Promise<number> {
     from,
   );
   return line.worker!;
-}
-
-/** Resolves with the error code of a plain TCP connect (null when it connected). */
-function tcpConnect(to: number): Promise<string | null> {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: '127.0.0.1', port: to });
-    s.once('connect', () => {
-      s.destroy();
-      resolve(null);
-    });
-    s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
-  });
 }
 
 /** True when this process can listen on the port (nothing holds it any more). */

@@ -299,6 +299,18 @@ export function run(file: string, args: string[], env: Record<string, string> = 
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** Resolves with the error code of a plain TCP connect (null when it connected). */
+export function tcpConnect(port: number): Promise<string | null> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: '127.0.0.1', port });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(null);
+    });
+    s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+  });
+}
+
 /** Resolves when the pg client reports an error or its connection ends; rejects after `ms`. */
 export function sessionEnd(client: pg.Client, ms: number): Promise<{ error: (Error & { code?: string }) | null }> {
   return new Promise((resolve, reject) => {

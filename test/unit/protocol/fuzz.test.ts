@@ -36,22 +36,15 @@ import { BackendWriter } from '../../../src/proxy/protocol/writer.js';
 import { ServerAnswers } from '../../../src/proxy/server-answers.js';
 import { ServerStream } from '../../../src/proxy/server-stream.js';
 import { BackendStatements } from '../../../src/proxy/upstream.js';
+import { FUZZ_MULTIPLIER, FUZZ_SEED, fuzzRuns } from '../../support/fuzz.js';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Run budget, seed, case count, hang watchdog
 
-function envNumber(name: string): number | null {
-  const raw = process.env[name];
-  if (raw === undefined || raw.trim() === '') return null;
-  const n = Number(raw);
-  if (!Number.isFinite(n)) throw new Error(`${name} must be a number, got ${JSON.stringify(raw)}`);
-  return n;
-}
-
-const MULTIPLIER = Math.max(envNumber('PGTENANT_FUZZ_RUNS') ?? 1, 0.01);
-const SEED = envNumber('PGTENANT_FUZZ_SEED') ?? (Math.random() * 2 ** 31) | 0;
+const MULTIPLIER = FUZZ_MULTIPLIER;
+const SEED = FUZZ_SEED;
 const HANG_MS = 10_000;
-const runs = (base: number) => ({ numRuns: Math.max(1, Math.round(base * MULTIPLIER)), seed: SEED });
+const runs = fuzzRuns;
 // Endless loops are the watchdog's to catch; the test timeout only has to leave room for the runs asked for.
 vi.setConfig({ testTimeout: 60_000 * Math.max(1, MULTIPLIER) });
 
