@@ -288,8 +288,8 @@ export class Session implements TransactionLink {
       const startupMessage = encodeStartupMessage(backendStartupParameters(params, loginRole!, schema));
       const relayed = (b: BackendConnection) => relayAuthentication(this.client, b, writer);
       this.pool = this.deps.pool.join(key, null);
-      const { target, config: c, observer } = this.deps;
-      const open = () => openBackend(target, startupMessage, c.connectTimeout, relayed, (s) => observer.backendConnected(s), true);
+      const { target, observer } = this.deps;
+      const open = () => openBackend(target, startupMessage, config.connectTimeout, relayed, (s) => observer.backendConnected(s), true);
       this.backend = await this.deps.pool.acquire(this.pool, open, this.poolSize);
       await this.backend.readUntilReady();
     } else {
