@@ -11,7 +11,8 @@ import { CancelRegistry } from './cancel.js';
 import { adminShutdown } from './errors.js';
 import { IdleTransactionWatch, TenantClients, connectionRefusal } from './limits.js';
 import { BackendPool, type PoolLimits } from './pool.js';
-import { Session, type SessionDeps, type TenantLookup } from './session.js';
+import { Session, type SessionDeps } from './session.js';
+import type { TenantLookup } from './tenant-lookup.js';
 import { upstreamTarget } from './upstream.js';
 
 export interface ProxyServer {

@@ -2,7 +2,6 @@
 import tls from 'node:tls';
 import type { Logger } from '../logger.js';
 import type { Config } from '../config.js';
-import type { TenantRecord } from '../tenants/types.js';
 import type { RoleSecret } from '../tenants/directory.js';
 import type { ClientState, ProxyObserver, SessionCounters } from './activity.js';
 import { loginBackend } from './auth/login.js';
@@ -13,6 +12,7 @@ import type { CancelKey, CancelRegistry } from './cancel.js';
 import { ClientConnection, ClientGone } from './client.js';
 import type { TenantClients } from './limits.js';
 import { PgError, adminShutdown, cannotConnectNow, invalidAuthorization, protocolViolation } from './errors.js';
+import { lookupRoleSecret, lookupTenant, type TenantLookup } from './tenant-lookup.js';
 import type { BackendPool, PoolHandle, PoolKey } from './pool.js';
 import { decodeStartupPacket, encodeStartupMessage, type StartupPacket } from './protocol/startup.js';
 import { BackendWriter, errorResponseFor } from './protocol/writer.js';
@@ -36,12 +36,6 @@ const TRANSITIONS: Record<SessionState, readonly SessionState[]> = {
   [SessionState.Relaying]: [SessionState.Closed],
   [SessionState.Closed]: [],
 };
-
-export interface TenantLookup {
-  lookup(id: string): Promise<TenantRecord | null>;
-  /** The auth query: a role's secret and login rules (proxy-side authentication only). */
-  roleSecret(role: string): Promise<RoleSecret | null>;
-}
 
 /** What sessions share; a reload (SIGHUP) swaps the configuration and TLS context for all of them. */
 export interface SessionDeps {
@@ -275,7 +269,7 @@ export class Session implements TransactionLink {
     this.tenant = identity.tenantId;
     // One child logger, not a child of a child: a session may live for hours, and there may be thousands.
     this.log = this.deps.log.child({ session: this.id, client: this.clientAddress(), tenant: identity.tenantId });
-    const record = await this.lookupTenant(identity.tenantId);
+    const record = await lookupTenant(this.deps.tenants, identity.tenantId, this.log);
     const loginRole = identity.loginRole ?? record?.role ?? null;
     const schema = record?.schema ?? identity.tenantId;
     const key: PoolKey = { tenant: identity.tenantId, role: loginRole ?? user, database: params.get('database') ?? loginRole ?? user };
@@ -294,13 +288,13 @@ export class Session implements TransactionLink {
       await this.backend.readUntilReady();
     } else {
       // Asked for unknown tenants too: when the auth query fails, every login fails alike, telling no tenant apart.
-      const found = await this.roleSecret(loginRole ?? user);
+      const found = await lookupRoleSecret(this.deps.tenants, loginRole ?? user, this.log);
       secret = loginRole ? found : null;
       credentials = await authenticateClient(this.client, writer, user, secret, this.encrypted ? this.deps.tlsEndPoint : null);
     }
     // The password is proven: now it is safe to say what is wrong with the tenant. Look again, since
     // a suspend or drop may have landed while the client was answering the challenge.
-    const current = record && (await this.lookupTenant(identity.tenantId));
+    const current = record && (await lookupTenant(this.deps.tenants, identity.tenantId, this.log));
     if (!current) throw invalidAuthorization(`tenant "${identity.tenantId}" does not exist`);
     if (current.state !== 'active') {
       throw cannotConnectNow(`tenant "${current.id}" is suspended`, 'Ask the operator to resume the tenant.');
@@ -378,28 +372,6 @@ export class Session implements TransactionLink {
     }
     backend.settingsKey = this.settingsKey;
     return backend;
-  }
-
-  /** A failed lookup says nothing about the tenant: it is the proxy that cannot reach its control schema. */
-  private async lookupTenant(id: string): Promise<TenantRecord | null> {
-    try {
-      return await this.deps.tenants.lookup(id);
-    } catch (err) {
-      this.log.error({ err: (err as Error).message }, 'tenant lookup failed');
-      throw cannotConnectNow('pgtenant cannot read its tenant registry right now', 'Try again shortly.');
-    }
-  }
-
-  private async roleSecret(role: string): Promise<RoleSecret | null> {
-    try {
-      return await this.deps.tenants.roleSecret(role);
-    } catch (err) {
-      this.log.error({ err: (err as Error).message }, 'auth query failed');
-      if ((err as { code?: string }).code === 'not_initialized' || (err as { code?: string }).code === 'insufficient_privilege') {
-        throw cannotConnectNow('pgtenant cannot check passwords: its auth query is not usable', "An operator must run 'pgtenant init' (see the proxy's log).");
-      }
-      throw cannotConnectNow('pgtenant cannot check passwords right now', 'Try again shortly.');
-    }
   }
 
   /** The rest of the startup phase, as the client's own server would say it, with the proxy's cancel key. */
