@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { freePort, startChild, stopChild, waitForPort } from './processes.mjs';
 
 /** Starts `pgtenant proxy`; on failure the error carries the proxy's own stderr. */
-export async function startProxy(repoRoot, upstreamUrl, { poolMode = 'session', poolSize = 30, workers = 1 } = {}) {
+export async function startProxy(repoRoot, upstreamUrl, { poolMode = 'session', poolSize = 30, workers = 1, extraArgs = [] } = {}) {
   const port = await freePort();
   const args = [
     join(repoRoot, 'bin', 'pgtenant.js'),
@@ -15,6 +15,7 @@ export async function startProxy(repoRoot, upstreamUrl, { poolMode = 'session', 
     '--pool-size', String(poolSize),
     '--workers', String(workers),
     '--log-level', 'warn',
+    ...extraArgs,
   ];
   const child = startChild(process.execPath, args, { cwd: repoRoot });
   try {
