@@ -136,11 +136,11 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   const address = { host: bound.address, port: bound.port };
   log.info({ listen: `${address.host}:${address.port}`, isolation: config.isolation, poolMode: config.poolMode }, 'proxy listening');
 
-  /** Revokes the tenant's sessions: all of them, or only those still logging in. */
-  const revokeTenant = (id: string, reason: string, loginsOnly: boolean): number => {
+  /** Revokes the tenant's sessions, but those `spared`. */
+  const revokeTenant = (id: string, reason: string, spared: (s: Session) => boolean = () => false): number => {
     let n = 0;
     for (const s of live.keys()) {
-      if (s.tenant !== id || (loginsOnly && s.relaying)) continue;
+      if (s.tenant !== id || spared(s)) continue;
       s.revoke(adminShutdown(`terminating connection: ${reason}`));
       n++;
     }
@@ -148,7 +148,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   };
   const disconnectTenant = (id: string, reason: string): number => {
     pool.closeTenant(id);
-    return revokeTenant(id, reason, false);
+    return revokeTenant(id, reason);
   };
 
   const connections = (): TenantConnections[] => {
@@ -173,7 +173,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     void directory!.lookup(id).then(
       (record) => {
         if (!record) disconnectTenant(id, `tenant "${id}" was dropped`);
-        else if (record.state !== 'active') revokeTenant(id, `tenant "${id}" was suspended`, true);
+        else if (record.state !== 'active') revokeTenant(id, `tenant "${id}" was suspended`, (s) => s.relaying);
         if (record) pool.resize(id, record.poolSize ?? config.poolSize);
       },
       (err: Error) => log.warn({ err: err.message, tenant: id }, 'tenant lookup after change failed'),
@@ -185,13 +185,8 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
     void directory!.lookup(id).then(
       (record) => {
         if (!record) return void disconnectTenant(id, `tenant "${id}" was dropped`);
-        const reason = adminShutdown(`terminating connection: an administrator disconnected tenant "${id}"`);
-        let n = 0;
-        for (const s of live.keys()) {
-          if (s.tenant !== id || s.disconnectEpoch < 0 || s.disconnectEpoch >= record.disconnectEpoch) continue;
-          s.revoke(reason);
-          n++;
-        }
+        const older = (s: Session) => s.disconnectEpoch >= 0 && s.disconnectEpoch < record.disconnectEpoch;
+        const n = revokeTenant(id, `an administrator disconnected tenant "${id}"`, (s) => !older(s));
         if (n > 0) pool.closeTenant(id);
         log.info({ tenant: id, sessions: n, disconnectEpoch: record.disconnectEpoch }, n > 0 ? 'tenant sessions disconnected' : 'disconnect notification with no older session');
       },
