@@ -21,8 +21,15 @@ const MAX_BACKENDS = 60;
 const KILLS = 15;
 const PASSWORD = 'load-password-1';
 const TOKEN = randomBytes(16).toString('hex');
-/** SQLSTATEs a client may see when the backend under its transaction is terminated. */
-const INJECTED_CODES = new Set(['57P01', '08006', '08003']);
+/**
+ * What a client may see when the backend under its transaction is terminated: the server's FATAL 57P01, the
+ * proxy's 08006 when the server closed without one, or (the FATAL having come between two statements) pg's own
+ * words for a connection already lost. A 08006 for any other reason (a backend login that timed out) is no kill's.
+ */
+const fromKill = (err: Error & { code?: string }): boolean =>
+  err.code === '57P01' ||
+  (err.code === '08006' && err.message === 'server closed the connection unexpectedly') ||
+  (err.code === undefined && /Connection terminated unexpectedly|not queryable|ECONNRESET|EPIPE/.test(err.message));
 
 let db: TestDatabase;
 let admin: pg.Pool;
@@ -31,6 +38,11 @@ let port: number;
 let adminBase: string;
 const tenants: string[] = [];
 
+const countBy = (xs: readonly string[]): Record<string, number> => {
+  const out: Record<string, number> = {};
+  for (const x of xs) out[x] = (out[x] ?? 0) + 1;
+  return out;
+};
 const mib = (bytes: number): number => Math.round(bytes / 1048576);
 
 /** The proxy process's resident set, from /proc. */
@@ -65,6 +77,8 @@ beforeAll(async () => {
     [
       'proxy', '--upstream', db.url, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--admin-token', TOKEN,
       '--pool-mode', 'transaction', '--max-backends', String(MAX_BACKENDS), '--pool-size', '4', '--pool-wait-timeout', '60000',
+      // 200 tenants over 60 backends open one login after another on 2 busy cores: a slow login is no fault of this test's.
+      '--connect-timeout', '30000',
     ],
     db.name,
   );
@@ -91,9 +105,6 @@ interface Outcome {
   reconnects: number;
 }
 
-const isConnectionLoss = (err: Error & { code?: string }): boolean =>
-  INJECTED_CODES.has(err.code ?? '') || /Connection terminated|ECONNRESET|EPIPE|not queryable/i.test(err.message);
-
 /** One client of `tenant`: transactions of a write and two reads, until `done()`; reconnects after a lost connection. */
 async function work(tenant: string, client: number, first: pg.Client, done: (seq: number) => boolean, out: Outcome): Promise<void> {
   let c: pg.Client | null = first;
@@ -111,14 +122,11 @@ async function work(tenant: string, client: number, first: pg.Client, done: (seq
       out.transactions++;
     } catch (err) {
       const e = err as Error & { code?: string };
-      if (isConnectionLoss(e)) {
-        out.injectedErrors.push(e.code ?? e.message);
-        await c?.end().catch(() => undefined);
-        c = null;
-      } else {
-        out.otherErrors.push(`${e.code ?? ''} ${e.message}`);
-        await c?.query('ROLLBACK').catch(() => undefined);
-      }
+      if (fromKill(e)) out.injectedErrors.push(e.code ?? e.message);
+      else out.otherErrors.push(`${e.code ?? ''} ${e.message}`);
+      // Whatever the error, the client starts afresh: a lost connection cannot be rolled back.
+      await c?.end().catch(() => undefined);
+      c = null;
     }
   }
   await c?.end().catch(() => undefined);
@@ -204,6 +212,7 @@ describe('2,000 clients over 200 tenants', () => {
         tps: Math.round(out.transactions / (workMs / 1000)),
         backendsKilled: killed,
         clientErrorsFromKills: out.injectedErrors.length,
+        clientErrorKinds: countBy(out.injectedErrors),
         reconnects: out.reconnects,
         otherErrors: out.otherErrors.length,
         wrongTenantRows,
@@ -215,7 +224,7 @@ describe('2,000 clients over 200 tenants', () => {
       };
       console.log(`load: ${JSON.stringify(summary)}`);
 
-      expect(out.otherErrors.slice(0, 5)).toEqual([]);
+      expect(countBy(out.otherErrors)).toEqual({});
       expect(wrongTenantRows).toBe(0);
       expect(out.foreignSeen).toBe(0);
       expect(out.wrongIdentity).toBe(0);
