@@ -11,8 +11,13 @@ const NONE_PREPARED: Set<string> = new Set();
 /** What process() returns: written and cleared by the caller before any other chunk is processed, so one serves all clients. */
 const CLIENT_OUT = new Pieces();
 const STATEMENT = 0x53; // 'S' in Describe and Close
-/** Room for a message's names (type, length, portal and statement names); PostgreSQL keeps 63 bytes of a name. */
+/** Room first made for a message's names (type, length, portal and statement names) when it spans chunks. */
 const GATHER_PREFIX = 1024;
+/**
+ * Names must end within this many bytes of the message's start, whether it comes whole or in pieces (PostgreSQL
+ * sets no limit; this bounds what the proxy gathers per client, and a socket read is at most this long anyway).
+ */
+const MAX_NAMES = 64 * 1024;
 /** The largest named Parse kept for preparing again on other backends. */
 const MAX_NAMED_PARSE = 8 * 1024 * 1024;
 
@@ -83,6 +88,7 @@ export class ClientStream {
           i += HEADER;
         } else if (n - i >= 1 + length) {
           // The whole message is here: read in place, and cut out of the chunk only when it changes.
+          if (1 + length > MAX_NAMES && !namesComplete(chunk.subarray(i, i + MAX_NAMES))) throw namesTooLong();
           const pieces = this.clientMessage(chunk, i, i + 1 + length);
           if (pieces) {
             out.add(chunk.subarray(pass, i));
@@ -138,7 +144,7 @@ export class ClientStream {
     const view = this.gather!.subarray(0, this.gathered);
     const whole = this.gathered === this.gatherTotal;
     if (!whole && !namesComplete(view)) {
-      if (this.gathered === this.gather!.length) throw protocolViolation('statement or portal name too long');
+      if (this.gathered === this.gather!.length) this.growGather();
       return;
     }
     if (!whole && view[0] === Frontend.Parse && parseName(view).name !== '') {
@@ -155,6 +161,15 @@ export class ClientStream {
     this.gather = null;
     for (const piece of this.clientMessage(view, 0, view.length) ?? [view]) out.add(piece);
     this.cRemaining = this.gatherTotal - view.length;
+  }
+
+  /** More room for names that have not ended yet: twice as much, up to MAX_NAMES. */
+  private growGather(): void {
+    const size = this.gather!.length;
+    if (size >= MAX_NAMES) throw namesTooLong();
+    const more = Buffer.allocUnsafe(Math.min(this.gatherTotal, size * 2, MAX_NAMES));
+    this.gather!.copy(more, 0, 0, this.gathered);
+    this.gather = more;
   }
 
   /** Headers of messages passed on unread: counters, sync points, and Terminate (which stays with the proxy). */
@@ -242,6 +257,8 @@ export class ClientStream {
     return [closeStatementFrame(statement.server), statement.parse];
   }
 }
+
+const namesTooLong = () => protocolViolation(`statement or portal name too long: names must end within ${MAX_NAMES} bytes of the message start`);
 
 /** True when a gathered prefix holds every name the message carries. */
 function namesComplete(view: Buffer): boolean {
