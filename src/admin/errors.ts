@@ -25,6 +25,7 @@ const TENANT_STATUS: Record<TenantErrorCode, number> = {
   invalid_tenant_id: 400,
   invalid_password: 400,
   invalid_pool_size: 400,
+  invalid_max_clients: 400,
   tenant_exists: 409,
   tenant_not_found: 404,
   not_initialized: 503,
@@ -44,7 +45,7 @@ const FASTIFY_ERRORS: Record<string, [number, string]> = {
 };
 
 /** A bad value in these fields carries the same code the lifecycle service uses for it, and back. */
-const FIELD_CODES: Record<string, string> = { id: 'invalid_tenant_id', password: 'invalid_password', poolSize: 'invalid_pool_size' };
+const FIELD_CODES: Record<string, string> = { id: 'invalid_tenant_id', password: 'invalid_password', poolSize: 'invalid_pool_size', maxClients: 'invalid_max_clients' };
 const CODE_FIELDS: Record<string, string> = Object.fromEntries(Object.entries(FIELD_CODES).map(([f, c]) => [c, f]));
 
 interface ValidationIssue {

@@ -22,6 +22,7 @@ export const tenant = object({
   role: { ...nullableStr, description: 'Login role; null in schema isolation' },
   state: { type: 'string', enum: ['active', 'suspended'] },
   poolSize: { type: ['integer', 'null'], description: "Backends in the tenant's pools on each proxy; null: the proxy's --pool-size" },
+  maxClients: { type: ['integer', 'null'], description: "Client connections the tenant may hold at once on each proxy (0: no cap); null: the proxy's --max-tenant-clients" },
   createdAt: time,
   updatedAt: time,
 });

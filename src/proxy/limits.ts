@@ -18,22 +18,31 @@ export function connectionRefusal(config: Config, open: number): PgError | null 
   );
 }
 
-/** Authenticated clients by tenant, held against --max-tenant-clients. */
+/** Authenticated clients by tenant, held against the tenant's own cap or --max-tenant-clients. */
 export class TenantClients {
   private readonly count = new Map<string, number>();
 
   constructor(private readonly config: () => Config) {}
 
-  /** Counts a client in; or, when the tenant is at its cap, the refusal it gets (and it is not counted). */
-  enter(tenant: string): PgError | null {
+  /**
+   * Counts a client in; or, when the tenant is at its cap, the refusal it gets (and it is not counted). `own` is
+   * the tenant's own cap from its record (null: --max-tenant-clients).
+   */
+  enter(tenant: string, own: number | null): PgError | null {
     const config = this.config();
-    const cap = share(config.maxTenantClients, config.workers);
+    const whole = own ?? config.maxTenantClients;
+    const cap = share(whole, config.workers);
     const n = this.count.get(tenant) ?? 0;
     if (cap > 0 && n >= cap) {
-      return tooManyConnections(
-        `too many connections for tenant "${tenant}" (max-tenant-clients is ${config.maxTenantClients})`,
-        'Close idle connections of this tenant, or raise --max-tenant-clients.',
-      );
+      return own === null
+        ? tooManyConnections(
+            `too many connections for tenant "${tenant}" (max-tenant-clients is ${whole})`,
+            'Close idle connections of this tenant, or raise --max-tenant-clients.',
+          )
+        : tooManyConnections(
+            `too many connections for tenant "${tenant}" (its own cap is ${whole})`,
+            `Close idle connections of this tenant, or raise its cap (pgtenant tenants set ${tenant} --max-clients N).`,
+          );
     }
     this.count.set(tenant, n + 1);
     return null;

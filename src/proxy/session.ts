@@ -301,7 +301,7 @@ export class Session implements TransactionLink {
     }
     requireLogin(secret, loginRole!);
     this.disconnectEpoch = current.disconnectEpoch;
-    const full = this.deps.tenantClients.enter(identity.tenantId);
+    const full = this.deps.tenantClients.enter(identity.tenantId, current.maxClients);
     if (full) throw full;
     this.counted = true;
     this.client.write(writer.authenticationOk().flush());

@@ -50,6 +50,8 @@ const STEPS: readonly string[] = [
   AUTH_FUNCTION,
   // Disconnect requests are counted here, where tenants cannot write: a NOTIFY anyone may send only says "look".
   `ALTER TABLE pgtenant.tenants ADD COLUMN IF NOT EXISTS disconnect_epoch integer NOT NULL DEFAULT 0;`,
+  // A tenant's own cap on its client connections (null: the proxy's --max-tenant-clients; 0: no cap).
+  `ALTER TABLE pgtenant.tenants ADD COLUMN IF NOT EXISTS max_clients integer CHECK (max_clients >= 0);`,
 ];
 
 export const CONTROL_SCHEMA_VERSION = STEPS.length;

@@ -4,6 +4,7 @@ export type TenantErrorCode =
   | 'invalid_tenant_id'
   | 'invalid_password'
   | 'invalid_pool_size'
+  | 'invalid_max_clients'
   | 'tenant_exists'
   | 'tenant_not_found'
   | 'not_initialized'

@@ -24,6 +24,14 @@ import {
 
 /** The largest per-tenant pool size accepted (PostgreSQL's max_connections is rarely above a few thousand). */
 export const MAX_POOL_SIZE = 10_000;
+/** The largest per-tenant client cap accepted. */
+export const MAX_TENANT_CLIENTS = 1_000_000;
+
+/** A tenant's limits: its column, the range it takes and how it is named in errors and logs. */
+const LIMITS = {
+  poolSize: { column: 'max_connections', min: 1, max: MAX_POOL_SIZE, code: 'invalid_pool_size', what: 'pool size' },
+  maxClients: { column: 'max_clients', min: 0, max: MAX_TENANT_CLIENTS, code: 'invalid_max_clients', what: 'client cap' },
+} as const;
 
 export { TENANT_CHANNEL };
 
@@ -226,21 +234,34 @@ export class TenantService {
    * Sets how many backends the tenant's pools may hold on each proxy (null: the proxy's --pool-size). New
    * sessions use it at once (NOTIFY); backends already open beyond it close as they come back.
    */
-  async setPoolSize(id: string, poolSize: number | null): Promise<TenantRecord> {
+  setPoolSize(id: string, poolSize: number | null): Promise<TenantRecord> {
+    return this.setLimit(id, 'poolSize', poolSize);
+  }
+
+  /**
+   * Sets how many client connections the tenant may hold at once on each proxy (null: the proxy's
+   * --max-tenant-clients; 0: no cap). Logins check it from the next one on; open sessions are left be.
+   */
+  setMaxClients(id: string, maxClients: number | null): Promise<TenantRecord> {
+    return this.setLimit(id, 'maxClients', maxClients);
+  }
+
+  private async setLimit(id: string, limit: keyof typeof LIMITS, value: number | null): Promise<TenantRecord> {
     validateTenantId(id);
-    if (poolSize !== null && (!Number.isInteger(poolSize) || poolSize < 1 || poolSize > MAX_POOL_SIZE)) {
-      throw new TenantError('invalid_pool_size', `pool size must be a whole number from 1 to ${MAX_POOL_SIZE}, or the default`);
+    const { column, min, max, code, what } = LIMITS[limit];
+    if (value !== null && (!Number.isInteger(value) || value < min || value > max)) {
+      throw new TenantError(code, `${what} must be a whole number from ${min} to ${max}, or the default`);
     }
     const record = await this.transaction(async (c) => {
       await findRow(c, id, true);
       const { rows } = await c.query<TenantRow>(
-        `UPDATE pgtenant.tenants SET max_connections = $2, updated_at = now() WHERE id = $1 RETURNING ${TENANT_COLUMNS}`,
-        [id, poolSize],
+        `UPDATE pgtenant.tenants SET ${column} = $2, updated_at = now() WHERE id = $1 RETURNING ${TENANT_COLUMNS}`,
+        [id, value],
       );
       await notify(c, id);
       return toRecord(rows[0]!);
     });
-    this.log.info({ tenant: id, poolSize }, 'tenant pool size set');
+    this.log.info({ tenant: id, [limit]: value }, `tenant ${what} set`);
     return record;
   }
 
@@ -341,7 +362,6 @@ async function findRow(c: pg.ClientBase, id: string, forUpdate: boolean): Promis
   return rows[0];
 }
 
-/** Inside a transaction, delivered at COMMIT, so listeners never see a change that rolled back. */
 /** Counts a disconnect request in the tenant's row and tells the proxies to look at it (they act on the count, not the NOTIFY). */
 async function requestDisconnect(c: pg.ClientBase, id: string): Promise<TenantRow> {
   const { rows } = await c.query<TenantRow>(
@@ -352,6 +372,7 @@ async function requestDisconnect(c: pg.ClientBase, id: string): Promise<TenantRo
   return rows[0]!;
 }
 
+/** Inside a transaction, delivered at COMMIT, so listeners never see a change that rolled back. */
 async function notify(c: pg.ClientBase, id: string, channel = TENANT_CHANNEL): Promise<void> {
   await c.query('SELECT pg_catalog.pg_notify($1, $2)', [channel, id]);
 }

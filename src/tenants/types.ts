@@ -16,6 +16,8 @@ export interface TenantRecord {
   state: TenantState;
   /** Backends in this tenant's pools, overriding the proxy's --pool-size; null for the default. */
   poolSize: number | null;
+  /** Client connections the tenant may hold at once on each proxy, overriding --max-tenant-clients (0: no cap); null for the default. */
+  maxClients: number | null;
   /** Disconnects an operator asked for so far: a proxy ends the sessions that logged in before the latest. */
   disconnectEpoch: number;
   createdAt: Date;
@@ -29,12 +31,13 @@ export interface TenantRow {
   role_name: string | null;
   state: TenantState;
   max_connections: number | null;
+  max_clients: number | null;
   disconnect_epoch: number;
   created_at: Date;
   updated_at: Date;
 }
 
-export const TENANT_COLUMNS = 'id, schema_name, role_name, state, max_connections, disconnect_epoch, created_at, updated_at';
+export const TENANT_COLUMNS = 'id, schema_name, role_name, state, max_connections, max_clients, disconnect_epoch, created_at, updated_at';
 
 /** A tenant with what `show` adds: where its schema stands in the migration journal. */
 export interface TenantDetails extends TenantRecord {
@@ -58,6 +61,7 @@ export function toRecord(row: TenantRow): TenantRecord {
     role: row.role_name,
     state: row.state,
     poolSize: row.max_connections,
+    maxClients: row.max_clients,
     disconnectEpoch: row.disconnect_epoch,
     createdAt: row.created_at,
     updatedAt: row.updated_at,

@@ -106,6 +106,11 @@ describe('admin API in role isolation', () => {
     expect(sized.status).toBe(200);
     expect(sized.json).toMatchObject({ id, poolSize: 4, state: 'suspended' });
     expect((await fx.request('PATCH', `/v1/tenants/${id}`, { poolSize: null })).json.poolSize).toBeNull();
+    const capped = await fx.request('PATCH', `/v1/tenants/${id}`, { maxClients: 3, poolSize: 2 });
+    expect(capped.status).toBe(200);
+    expect(capped.json).toMatchObject({ id, maxClients: 3, poolSize: 2 });
+    expect((await fx.request('GET', `/v1/tenants/${id}`)).json).toMatchObject({ maxClients: 3, poolSize: 2 });
+    expect((await fx.request('PATCH', `/v1/tenants/${id}`, { maxClients: null, poolSize: null })).json).toMatchObject({ maxClients: null, poolSize: null });
     const resumed = await fx.request('PATCH', `/v1/tenants/${id}`, { state: 'active' });
     expect(resumed.status).toBe(200);
     expect(resumed.json).toMatchObject({ id, state: 'active' });

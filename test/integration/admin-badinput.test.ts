@@ -203,6 +203,16 @@ describe('request bodies', () => {
     expectError(reply, 400, 'invalid_pool_size', field);
   });
 
+  it.each([
+    [{ maxClients: -1 }, 'maxClients'],
+    [{ maxClients: 1_000_001 }, 'maxClients'],
+    [{ maxClients: '5' }, 'maxClients'],
+    [{ maxClients: 2.5 }, 'maxClients'],
+  ])('rejects PATCH %j with 400 invalid_max_clients on its field', async (body, field) => {
+    const reply = await unchanged(() => fx.request('PATCH', `/v1/tenants/${existing}`, body));
+    expectError(reply, 400, 'invalid_max_clients', field);
+  });
+
   it('rejects an empty PATCH with 400 invalid_request', async () => {
     const reply = await unchanged(() => fx.request('PATCH', `/v1/tenants/${existing}`, {}));
     expectError(reply, 400, 'invalid_request');

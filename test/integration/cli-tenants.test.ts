@@ -107,6 +107,29 @@ describe('init and the tenant lifecycle', () => {
     expect(bad.stderr).toContain('--pool-size');
   });
 
+  it('set --max-clients gives the tenant its own client cap (0: none), default takes it back; a bad value, or no option, is exit 2 and changes nothing', async () => {
+    const r = await runCli(['tenants', 'set', id, '--max-clients', '5', ...up()]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('clients at most 5');
+    expect(JSON.parse((await runCli(['tenants', 'show', id, '--json', ...up()])).stdout).maxClients).toBe(5);
+    expect((await runCli(['tenants', 'show', id, ...up()])).stdout).toMatch(/^clients: +at most 5$/m);
+    const none = await runCli(['tenants', 'set', id, '--max-clients', '0', '--pool-size', '3', ...up()]);
+    expect(none.code, none.stderr).toBe(0);
+    expect(none.stdout).toContain('clients no cap');
+    expect(none.stdout).toContain('pool size 3');
+    // A bad value in either option: exit 2 before anything is set.
+    const bad = await runCli(['tenants', 'set', id, '--pool-size', '4', '--max-clients', 'many', ...up()]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('--max-clients');
+    expect(JSON.parse((await runCli(['tenants', 'show', id, '--json', ...up()])).stdout)).toMatchObject({ maxClients: 0, poolSize: 3 });
+    const neither = await runCli(['tenants', 'set', id, ...up()]);
+    expect(neither.code).toBe(2);
+    expect(neither.stderr).toContain('--max-clients');
+    const back = await runCli(['tenants', 'set', id, '--max-clients', 'default', '--pool-size', 'default', ...up()]);
+    expect(back.code, back.stderr).toBe(0);
+    expect(JSON.parse((await runCli(['tenants', 'show', id, '--json', ...up()])).stdout)).toMatchObject({ maxClients: null, poolSize: null });
+  });
+
   it('suspend and resume change the state', async () => {
     const s = await runCli(['tenants', 'suspend', id, ...up()]);
     expect(s.code, s.stderr).toBe(0);

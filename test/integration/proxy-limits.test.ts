@@ -127,6 +127,59 @@ describe('--max-tenant-clients', () => {
   });
 });
 
+describe("a tenant's own client cap (tenants set --max-clients)", () => {
+  /** Connects, or the SQLSTATE of the refusal. */
+  const tryConnect = (p: TestProxy, tenant: string): Promise<pg.Client | string> =>
+    connect(p, tenant).catch((err: Error & { code?: string }) => err.code ?? err.message);
+
+  it('overrides --max-tenant-clients for that tenant only, both lower (a cap of 1) and off (0); the default comes back with null', async () => {
+    const own = await fx.newTenant('lim_own', PASSWORD);
+    const p = await fx.startProxy({ maxTenantClients: 2 });
+    const mine: pg.Client[] = [];
+    /** Connects as `own` (kept in `mine`), or the SQLSTATE of the refusal. */
+    const ownClient = async (): Promise<string | null> => {
+      const c = await tryConnect(p, own);
+      if (typeof c === 'string') return c;
+      mine.push(c);
+      return null;
+    };
+    try {
+      expect((await fx.tenants.setMaxClients(own, 1)).maxClients).toBe(1);
+      expect(await ownClient()).toBeNull();
+      const err = await rejection(connectPg(p.clientConfig(own, PASSWORD)));
+      expect(err.code).toBe('53300');
+      expect(err.message).toBe(`too many connections for tenant "${own}" (its own cap is 1)`);
+      // Another tenant keeps the proxy's cap of 2.
+      await connect(p, beta);
+      await connect(p, beta);
+      expect(await tryConnect(p, beta)).toBe('53300');
+
+      // 0: no cap for this tenant, whatever the proxy's. The change reaches the proxy by NOTIFY.
+      expect((await fx.tenants.setMaxClients(own, 0)).maxClients).toBe(0);
+      expect(await eventually(async () => (await ownClient()) === null)).toBe(true);
+      for (let i = 0; i < 3; i++) expect(await ownClient()).toBeNull();
+      expect(mine.length).toBe(5);
+
+      // null: back to --max-tenant-clients (2), which the five open sessions are over: new ones are refused, open ones go on.
+      expect((await fx.tenants.setMaxClients(own, null)).maxClients).toBeNull();
+      // Until the NOTIFY lands, a login may still get in under the old setting.
+      expect(await eventually(async () => (await ownClient()) === '53300')).toBe(true);
+      expect(mine.length).toBeGreaterThanOrEqual(5);
+      for (const c of mine) expect((await c.query('SELECT current_user AS u')).rows[0].u).toBe(own);
+    } finally {
+      await fx.tenants.setMaxClients(own, null);
+    }
+  });
+
+  it('refuses values outside 0..1000000 with invalid_max_clients and changes nothing', async () => {
+    for (const bad of [-1, 1_000_001, 2.5, Number.NaN]) {
+      await expect(fx.tenants.setMaxClients(alpha, bad)).rejects.toMatchObject({ code: 'invalid_max_clients' });
+    }
+    expect((await fx.tenants.get(alpha)).maxClients).toBeNull();
+    await expect(fx.tenants.setMaxClients('no_such_tenant_here', 3)).rejects.toMatchObject({ code: 'tenant_not_found' });
+  });
+});
+
 describe('--startup-timeout', () => {
   let p: TestProxy;
   beforeAll(async () => {

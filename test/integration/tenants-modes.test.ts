@@ -47,6 +47,28 @@ describe('control schema', () => {
     expect(rows[0]).toEqual({ pgtenant_usage: false, public_create: false });
   });
 
+  it('upgrades an install of an older version in place, keeping its tenants (version 3, before per-tenant client caps)', async () => {
+    const old = await freshDatabase();
+    const p = new pg.Pool({ connectionString: old.url, max: 2 });
+    try {
+      await install(p);
+      const id = uniqueTenantId('upg');
+      await new TenantService(p, { isolation: 'role', migrationsDir: null }).create(id, { password: 'upgrade-password-1' });
+      await p.query('ALTER TABLE pgtenant.tenants DROP COLUMN max_clients');
+      await p.query('UPDATE pgtenant.meta SET schema_version = 3');
+      const stale = await new TenantService(p, { isolation: 'role', migrationsDir: null }).get(id).catch((e) => e);
+      expect(stale.code).toBe('not_initialized');
+      await install(p);
+      expect((await p.query('SELECT schema_version FROM pgtenant.meta')).rows).toEqual([{ schema_version: CONTROL_SCHEMA_VERSION }]);
+      const svc = new TenantService(p, { isolation: 'role', migrationsDir: null });
+      expect(await svc.get(id)).toMatchObject({ id, state: 'active', maxClients: null, poolSize: null });
+      expect((await svc.setMaxClients(id, 4)).maxClients).toBe(4);
+    } finally {
+      await p.end();
+      await old.drop();
+    }
+  });
+
   it('journals shared migrations once per version (tenant_id NULL) and tenant ones per tenant', async () => {
     await install(pool);
     await pool.query(`INSERT INTO pgtenant.migrations (tenant_id, version, name, checksum) VALUES (NULL, '1', 'a', 'x')`);

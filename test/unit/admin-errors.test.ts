@@ -46,6 +46,7 @@ describe('TenantError', () => {
     invalid_tenant_id: 400,
     invalid_password: 400,
     invalid_pool_size: 400,
+    invalid_max_clients: 400,
     tenant_exists: 409,
     tenant_not_found: 404,
     not_initialized: 503,
@@ -56,7 +57,7 @@ describe('TenantError', () => {
   };
 
   // The service's own checks name the same field a schema failure would.
-  const FIELD: Partial<Record<TenantErrorCode, string>> = { invalid_tenant_id: 'id', invalid_password: 'password', invalid_pool_size: 'poolSize' };
+  const FIELD: Partial<Record<TenantErrorCode, string>> = { invalid_tenant_id: 'id', invalid_password: 'password', invalid_pool_size: 'poolSize', invalid_max_clients: 'maxClients' };
 
   it.each(Object.entries(STATUS) as [TenantErrorCode, number][])('%s -> %i with the same code and message', (code, status) => {
     const r = map(new TenantError(code, `tenant says ${code}`));

@@ -1,6 +1,6 @@
 // Tenant lifecycle over HTTP: the same TenantService as `pgtenant tenants`.
 import { emptyConnections } from '../../proxy/activity.js';
-import { MAX_POOL_SIZE } from '../../tenants/service.js';
+import { MAX_POOL_SIZE, MAX_TENANT_CLIENTS } from '../../tenants/service.js';
 import type { TenantState } from '../../tenants/types.js';
 import type { AdminContext, AdminRoute } from '../context.js';
 import { badRequest } from '../errors.js';
@@ -82,7 +82,7 @@ export const tenantRoutes = (ctx: AdminContext): AdminRoute[] => [
   {
     method: 'PATCH',
     url: '/v1/tenants/:id',
-    summary: "Suspend (new sessions refused at once; ?disconnect=true also ends open ones) or resume a tenant, or set its pool size",
+    summary: "Suspend (new sessions refused at once; ?disconnect=true also ends open ones) or resume a tenant, or set its pool size or client cap",
     schema: {
       params: idParams,
       querystring: { type: 'object', additionalProperties: false, properties: { disconnect: { type: 'boolean', default: false } } },
@@ -93,15 +93,17 @@ export const tenantRoutes = (ctx: AdminContext): AdminRoute[] => [
         properties: {
           state: { type: 'string', enum: ['active', 'suspended'] },
           poolSize: { type: ['integer', 'null'], minimum: 1, maximum: MAX_POOL_SIZE, description: "null: back to the proxy's --pool-size" },
+          maxClients: { type: ['integer', 'null'], minimum: 0, maximum: MAX_TENANT_CLIENTS, description: "0: no cap; null: back to the proxy's --max-tenant-clients" },
         },
       },
       response: { 200: tenant },
     },
     handler: async (req) => {
       const { id } = req.params as { id: string };
-      const { state, poolSize } = req.body as { state?: TenantState; poolSize?: number | null };
+      const { state, poolSize, maxClients } = req.body as { state?: TenantState; poolSize?: number | null; maxClients?: number | null };
       const { disconnect } = req.query as { disconnect: boolean };
       let record = poolSize === undefined ? null : await ctx.tenants.setPoolSize(id, poolSize);
+      if (maxClients !== undefined) record = await ctx.tenants.setMaxClients(id, maxClients);
       if (state) record = state === 'active' ? await ctx.tenants.resume(id) : await ctx.tenants.suspend(id, { disconnect });
       return record;
     },

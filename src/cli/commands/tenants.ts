@@ -26,9 +26,22 @@ function showLines(t: TenantDetails): string[] {
     `role:     ${t.role ?? '(shared login role: schema isolation)'}`,
     `version:  ${t.schemaVersion ?? '(no migration applied)'} (${t.migrationsApplied} applied)`,
     `pool:     ${t.poolSize ?? "default (the proxy's --pool-size)"}`,
+    `clients:  ${clientCap(t)}`,
     `created:  ${t.createdAt.toISOString()}`,
     `updated:  ${t.updatedAt.toISOString()}`,
   ];
+}
+
+const clientCap = (t: TenantRecord): string =>
+  t.maxClients === null ? "default (the proxy's --max-tenant-clients)" : t.maxClients === 0 ? 'no cap' : `at most ${t.maxClients}`;
+
+/** A limit given as a whole number or 'default' (null); undefined when the option is absent. */
+function limitArg(args: Record<string, unknown>, option: string): number | null | undefined {
+  if (args[option] === undefined) return undefined;
+  const raw = String(args[option]);
+  if (raw === 'default') return null;
+  if (!/^\d+$/.test(raw)) throw new UsageError(`--${option}: expected a whole number or 'default', got '${raw}'`);
+  return Number(raw);
 }
 
 function table(tenants: readonly TenantRecord[]): string[] {
@@ -115,15 +128,24 @@ const disconnect = tenantCommand(
 
 const set = tenantCommand(
   'set',
-  "Change a tenant's settings: --pool-size N (backends in its pools on each proxy) or --pool-size default",
+  "Change a tenant's limits on each proxy: --pool-size N (backends in its pools), --max-clients N (client connections; 0: no cap), or 'default' for either",
   async (svc, id, args) => {
-    const raw = String(args['pool-size']);
-    const size = raw === 'default' ? null : Number(raw);
-    if (size !== null && !/^\d+$/.test(raw)) throw new UsageError(`--pool-size: expected a whole number or 'default', got '${raw}'`);
-    const t = await svc.setPoolSize(id, size);
-    return `tenant ${t.id}: pool size ${t.poolSize ?? "default (the proxy's --pool-size)"}`;
+    // Both read before either is set, so a bad value changes nothing.
+    const size = limitArg(args, 'pool-size');
+    const clients = limitArg(args, 'max-clients');
+    if (size === undefined && clients === undefined) throw new UsageError('tenants set: give --pool-size, --max-clients or both');
+    const said: string[] = [];
+    if (size !== undefined) {
+      const t = await svc.setPoolSize(id, size);
+      said.push(`tenant ${t.id}: pool size ${t.poolSize ?? "default (the proxy's --pool-size)"}`);
+    }
+    if (clients !== undefined) said.push(`tenant ${id}: clients ${clientCap(await svc.setMaxClients(id, clients))}`);
+    return said.join('\n');
   },
-  (y) => idArg(y).option('pool-size', { type: 'string', demandOption: true, describe: "Backends per pool for this tenant, or 'default'" }),
+  (y) =>
+    idArg(y)
+      .option('pool-size', { type: 'string', describe: "Backends per pool for this tenant, or 'default'" })
+      .option('max-clients', { type: 'string', describe: "Client connections this tenant may hold at once (0: no cap), or 'default'" }),
 );
 
 const drop: Command = {
