@@ -10,7 +10,7 @@ import { tlsServerEndPoint } from './auth/channel-binding.js';
 import { CancelRegistry } from './cancel.js';
 import { adminShutdown } from './errors.js';
 import { IdleTransactionWatch, TenantClients, connectionRefusal } from './limits.js';
-import { BackendPool, type PoolLimits } from './pool.js';
+import { BackendPool, TURN_TRANSACTIONS, type PoolLimits } from './pool.js';
 import { Session, type SessionDeps } from './session.js';
 import type { TenantLookup } from './tenant-lookup.js';
 import { upstreamTarget } from './upstream.js';
@@ -61,6 +61,7 @@ function poolLimits(config: Config): PoolLimits {
     waitTimeout: config.poolWaitTimeout,
     idleTimeout: config.serverIdleTimeout,
     lifetime: config.serverLifetime,
+    turnReleases: config.poolMode === 'transaction' ? TURN_TRANSACTIONS : 1,
   };
 }
 

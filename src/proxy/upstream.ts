@@ -178,6 +178,8 @@ export class BackendConnection {
   idleSince = 0;
   /** When its pool last took it up (opened, or taken idle): hand-overs from client to client since then are one turn. */
   turnSince = 0;
+  /** Times it came back to its pool since `turnSince`: the transactions (or sessions) of this turn. */
+  turnServed = 0;
   /** Called when the socket closes while no relay owns it (the pool's watch on idle backends). */
   onIdleClose: (() => void) | null = null;
   /** The server's ParameterStatus values, as of the last time the connection was attached. */

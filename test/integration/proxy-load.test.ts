@@ -132,6 +132,12 @@ async function work(tenant: string, client: number, first: pg.Client, done: (seq
   await c?.end().catch(() => undefined);
 }
 
+/** Sessions the server has started in the test database so far (the proxy's backend logins, and this test's own few). */
+async function serverLogins(): Promise<number> {
+  const { rows } = await admin.query<{ n: number }>('SELECT sessions::int AS n FROM pg_catalog.pg_stat_database WHERE datname = current_database()');
+  return rows[0]!.n;
+}
+
 /** Terminates `n` backends of the proxy's tenants, one every `everyMs`, while `running()`; returns how many it killed. */
 async function killBackends(n: number, everyMs: number, running: () => boolean): Promise<number> {
   let killed = 0;
@@ -170,12 +176,14 @@ describe('2,000 clients over 200 tenants', () => {
       const deadline = SOAK_SECONDS > 0 ? Date.now() + SOAK_SECONDS * 1000 : 0;
       const done = deadline ? () => Date.now() >= deadline : (seq: number) => seq >= TRANSACTIONS_PER_CLIENT;
       let running = true;
+      const loginsBefore = await serverLogins();
       const t1 = Date.now();
       const killing = killBackends(SOAK_SECONDS > 0 ? Number.MAX_SAFE_INTEGER : KILLS, 300, () => running);
       await Promise.all(slots.map((slot) => work(slot.tenant, slot.client, clients.get(slot)!, done, out)));
       running = false;
       const killed = await killing;
       const workMs = Date.now() - t1;
+      const backendLogins = (await serverLogins()) - loginsBefore;
 
       // The proxy lets go: no client left, backends within the cap.
       let after: { clients: number; servers: number } = { clients: -1, servers: -1 };
@@ -210,6 +218,7 @@ describe('2,000 clients over 200 tenants', () => {
         connectSeconds: connectedMs / 1000,
         workSeconds: workMs / 1000,
         tps: Math.round(out.transactions / (workMs / 1000)),
+        backendLogins,
         backendsKilled: killed,
         clientErrorsFromKills: out.injectedErrors.length,
         clientErrorKinds: countBy(out.injectedErrors),

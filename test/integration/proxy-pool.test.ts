@@ -290,6 +290,37 @@ describe('limits', () => {
     });
   });
 
+  it('in transaction mode a turn lasts 8 transactions as well as 500 ms: slow transactions do not make a login every few', async () => {
+    const [ta, tb] = [await newTenant('txturna'), await newTenant('txturnb')];
+    await withProxy({ poolMode: 'transaction', maxBackends: 1, poolSize: 1, poolWaitTimeout: 10_000 }, async (p) => {
+      const [a1, a2] = [await connect(p, ta), await connect(p, ta)];
+      let done = 0;
+      let running = true;
+      // Two clients of ta take turns on its one backend, 150 ms a transaction: one always waits when the other ends.
+      const loop = async (c: pg.Client) => {
+        while (running) {
+          await c.query('SELECT pg_catalog.pg_sleep(0.15)');
+          done++;
+        }
+      };
+      const loops = [loop(a1), loop(a2)];
+      try {
+        await sleep(50);
+        const b = queued(p, tb);
+        const started = done;
+        const got = await b.connected;
+        // 500 ms hold about 4 such transactions; the turn waits for the 8th (one may still be on its way back).
+        expect(done - started).toBeGreaterThanOrEqual(7);
+        expect((await got.query('SELECT current_user AS u')).rows[0].u).toBe(tb);
+        await got.end();
+      } finally {
+        running = false;
+        await Promise.all(loops);
+        await Promise.all([a1.end(), a2.end()]);
+      }
+    });
+  });
+
   it('idle backends of a quiet tenant make room for another at the global cap', async () => {
     const [ta, tb] = [await newTenant('quieta'), await newTenant('quietb')];
     // Had B to wait for an idle timeout (60 s by default), this wait timeout would refuse it.
