@@ -35,7 +35,7 @@ export const OPTIONS = {
   shutdownTimeout: { kind: 'number', default: 30000, describe: 'Milliseconds sessions get to finish on SIGTERM' },
   maxClientConnections: { kind: 'number', default: 10000, describe: 'Client connections the proxy accepts at once; more get 53300 (0: no cap)' },
   maxTenantClients: { kind: 'number', default: 0, describe: 'Client connections one tenant may hold at once; more get 53300 (0: no cap)' },
-  startupTimeout: { kind: 'number', default: 60000, describe: 'Milliseconds a client has to finish its startup and login (0: no limit)' },
+  startupTimeout: { kind: 'number', default: 60000, describe: 'Milliseconds a client has from connecting to proving its password (0: no limit)' },
   idleTransactionTimeout: {
     kind: 'number', default: 0, describe: 'Milliseconds a client may sit idle inside a transaction before it is closed with 25P03 (0: no limit)',
   },

@@ -76,6 +76,8 @@ export class Session implements TransactionLink {
   private settings: ReadonlyMap<string, string> = new Map();
   /** Set once AuthenticationOk went out. */
   private authenticated = false;
+  /** Runs from connect until the password is proven (--startup-timeout); then the wait for a backend is the pool's to bound. */
+  private startupTimer: NodeJS.Timeout | undefined;
   /** The settings as one string: a backend carrying the same key needs no comparison. */
   private settingsKey = '';
   private encrypted = false;
@@ -127,15 +129,20 @@ export class Session implements TransactionLink {
    */
   private async login(): Promise<boolean> {
     const ms = this.deps.config.startupTimeout;
-    const timer = ms > 0 ? setTimeout(() => this.client.refuse(protocolViolation('timeout during startup')), ms) : undefined;
+    if (ms > 0) this.startupTimer = setTimeout(() => this.client.refuse(protocolViolation('timeout during startup')), ms);
     try {
       const startup = await this.negotiate();
       if (!startup) return false;
       await this.authenticate(startup);
       return true;
     } finally {
-      clearTimeout(timer);
+      this.endStartupTimer();
     }
+  }
+
+  private endStartupTimer(): void {
+    clearTimeout(this.startupTimer);
+    this.startupTimer = undefined;
   }
 
   /** The tenant once the client has authenticated; null before (a claimed tenant is not yet one). */
@@ -306,6 +313,8 @@ export class Session implements TransactionLink {
     this.counted = true;
     this.client.write(writer.authenticationOk().flush());
     this.authenticated = true;
+    // The client has done its part: a wait for a backend now is --pool-wait-timeout's (53300), not a startup timeout.
+    this.endStartupTimer();
     if (credentials) {
       const startupMessage = encodeStartupMessage(backendStartupParameters(new Map([['database', key.database]]), key.role, schema));
       const login = credentials;

@@ -225,6 +225,19 @@ describe('--startup-timeout', () => {
     expect(types[0]).toBe('R'); // the SASL challenge went out; no answer came
     expect(firstError(reply.data)?.C).toBe('08P01');
   });
+
+  it('ends with the password: a client that then waits for a backend longer than the startup timeout gets in', async () => {
+    const q = await fx.startProxy({ startupTimeout: 400, maxBackends: 1, poolWaitTimeout: 10_000 });
+    const holder = await connect(q, alpha);
+    const waiting = connectPg(q.clientConfig(beta, PASSWORD));
+    waiting.catch(() => undefined);
+    // The only backend is alpha's: beta, logged in, waits for it well past 400 ms.
+    await sleep(1200);
+    await holder.end();
+    const c = await waiting;
+    open.push(c);
+    expect((await c.query('SELECT current_user AS u')).rows[0].u).toBe(beta);
+  });
 });
 
 describe.each(['session', 'transaction'] as const)('--idle-transaction-timeout in %s mode', (poolMode) => {
