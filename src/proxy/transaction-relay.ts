@@ -123,7 +123,15 @@ export class TransactionRelay implements BackendSink {
     this.unlink(backend);
     const violated = this.ended === 'client_protocol_violation' || this.ended === 'server_protocol_violation';
     const server = this.serverStream;
-    const clean = !violated && this.atClientBoundary() && this.clientStream.unsynced === 0 && server.atBoundary && this.clientStream.syncs === server.readies;
+    // An ErrorResponse after the last ReadyForQuery is a FATAL (pg_terminate_backend, a shutdown): the server is
+    // going, though its close may not have arrived yet. Given back as clean, the next client would be the one to find out.
+    const clean =
+      !violated &&
+      server.lastType !== Backend.ErrorResponse &&
+      this.atClientBoundary() &&
+      this.clientStream.unsynced === 0 &&
+      server.atBoundary &&
+      this.clientStream.syncs === server.readies;
     const state = clean ? (server.status === IDLE ? 'idle' : 'idle_in_transaction') : null;
     return { backend, state, dirty: server.dirty };
   }

@@ -490,6 +490,43 @@ describe('pg_terminate_backend of a backend idle in the pool (transaction mode)'
   });
 });
 
+describe('a FATAL that comes with the last ReadyForQuery of a transaction (transaction mode)', () => {
+  it('the backend is not given back: the next client of the tenant gets another one, not a dead one and an 08006', async () => {
+    const proxy = proxies.get('transaction')!;
+    const tenant = await fx.newTenant('termcommit', PASSWORD);
+    const a = await client(proxy, tenant);
+    await a.query('BEGIN');
+    const pid = await backendPid(a);
+    const state = async () => (await fx.admin.query('SELECT state FROM pg_catalog.pg_stat_activity WHERE pid = $1', [pid])).rows[0]?.state ?? 'gone';
+    // COMMIT reaches the server; its answer is held while the backend is terminated, then arrives with the FATAL
+    // in one chunk, and the server's close comes only later (as when a kill lands right after a COMMIT).
+    relay.holdReplies();
+    relay.holdCloses();
+    try {
+      const committed = settle(a.query('COMMIT'));
+      await eventually('the server ran the COMMIT', async () => (await state()) === 'idle');
+      ownFaults++;
+      await fx.admin.query('SELECT pg_catalog.pg_terminate_backend($1)', [pid]);
+      await eventually('the backend exited', async () => (await state()) === 'gone');
+      const fatal = new Promise<Error & { code?: string }>((resolve) => a.once('error', resolve));
+      relay.releaseReplies();
+      expect((await committed).ok).toBe(true);
+      expect((await fatal).code).toBe('57P01');
+      // The client leaves before the proxy hears the server close.
+      await a.end();
+      await eventually("a's session ended", () => [...proxy.server.sessions().keys()].every((s) => s.tenant !== tenant));
+      const b = await client(proxy, tenant);
+      const r = await settle(b.query('SELECT current_user AS u'));
+      observed.push(`a FATAL arriving with a transaction's last ReadyForQuery, its client gone before the close (transaction): the next client ${said(r)}`);
+      expect(r.ok, said(r)).toBe(true);
+      expect(await backendPid(b)).not.toBe(pid);
+    } finally {
+      relay.releaseReplies();
+      relay.releaseCloses();
+    }
+  });
+});
+
 /** COPY ... FROM STDIN through pg's submittable interface: `started` resolves once the first CopyData is sent. */
 class CopyFromStdin implements pg.Submittable {
   readonly started: Promise<void>;

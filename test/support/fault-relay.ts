@@ -48,6 +48,8 @@ class Pipe {
     private readonly from: net.Socket,
     private readonly to: net.Socket,
     private readonly relay: FaultRelay,
+    /** Server to proxy: what `holdReplies` holds. */
+    private readonly replies = false,
   ) {
     from.on('data', (chunk: Buffer) => this.push(chunk));
     to.on('drain', () => this.pump());
@@ -66,13 +68,19 @@ class Pipe {
       clearTimeout(this.timer);
       this.timer = null;
     }
-    if (this.relay.mode === 'blackhole') return;
+    if (this.relay.mode === 'blackhole' || (this.replies && this.relay.repliesHeld)) return;
     if (this.to.destroyed) {
       // Bytes for a socket that is gone: TCP would answer them with RST.
       if (this.queue.length > 0) reset(this.from);
       return;
     }
     const now = Date.now();
+    // What a hold kept goes out as one write, so the peer reads it as one chunk, as if it had arrived together.
+    if (this.relay.coalesce && this.queue.length > 1 && this.queue.every((q) => q.due <= now)) {
+      const all = Buffer.concat(this.queue.splice(0).map((q) => q.chunk));
+      this.queued = 0;
+      this.to.write(all);
+    }
     while (this.queue.length > 0 && !this.to.writableNeedDrain) {
       const head = this.queue[0]!;
       if (head.due > now) {
@@ -83,7 +91,7 @@ class Pipe {
       this.queued -= head.chunk.length;
       this.to.write(head.chunk);
     }
-    if (this.finishing && this.queue.length === 0) this.to.end();
+    if (this.finishing && this.queue.length === 0 && !this.relay.closesHeld) this.to.end();
     else if (this.queued <= HOLD_LIMIT && this.from.isPaused()) this.from.resume();
   }
 
@@ -113,6 +121,10 @@ export class FaultRelay {
   mode: FaultMode = 'pass';
   /** Delay per chunk in `delay` mode, 0 otherwise. */
   delayMs = 0;
+  /** See holdReplies and holdCloses. */
+  repliesHeld = false;
+  closesHeld = false;
+  coalesce = false;
   private server: net.Server | null = null;
   private readonly links = new Set<Link>();
   private closed = false;
@@ -202,6 +214,35 @@ export class FaultRelay {
     this.unlisten();
   }
 
+  /**
+   * Holds what servers send (the proxy's requests still pass) until `releaseReplies`, which sends each connection's
+   * held bytes as one write: a reply and what followed it (a FATAL, say) then reach the proxy in one chunk.
+   */
+  holdReplies(): void {
+    this.repliesHeld = true;
+  }
+
+  releaseReplies(): void {
+    this.repliesHeld = false;
+    this.coalesce = true;
+    this.pumpAll();
+    this.coalesce = false;
+  }
+
+  /** A server's close is passed on only at `releaseCloses` (its bytes still pass): the proxy sees a server that has gone quiet but not yet closed. */
+  holdCloses(): void {
+    this.closesHeld = true;
+  }
+
+  releaseCloses(): void {
+    this.closesHeld = false;
+    this.pumpAll();
+  }
+
+  private pumpAll(): void {
+    for (const link of this.links) for (const p of link.pipes) p.pump();
+  }
+
   /** Stops listening and destroys every connection. */
   close(): void {
     this.closed = true;
@@ -247,7 +288,7 @@ export class FaultRelay {
     client.setNoDelay(true);
     upstream.on('error', () => undefined);
     const toServer = new Pipe(client, upstream, this);
-    const toClient = new Pipe(upstream, client, this);
+    const toClient = new Pipe(upstream, client, this, true);
     link.pipes.push(toServer, toClient);
     upstream.once('close', (hadError) => this.sideClosed(link, hadError, toClient));
     for (const chunk of link.held.splice(0)) toServer.push(chunk);
