@@ -145,8 +145,13 @@ export class TenantDirectory extends EventEmitter {
       const { rows } = await this.pool.query<TenantRow>(`SELECT ${TENANT_COLUMNS} FROM pgtenant.tenants WHERE id = $1`, [id]);
       return rows[0] ? toRecord(rows[0]) : null;
     } catch (err) {
-      if (['42P01', '3F000'].includes((err as { code?: string }).code ?? '')) {
+      const code = (err as { code?: string }).code ?? '';
+      if (['42P01', '3F000'].includes(code)) {
         throw new TenantError('not_initialized', "control schema pgtenant is not installed in the upstream database: run 'pgtenant init'", { cause: err });
+      }
+      // undefined_column: a proxy upgraded before its control schema.
+      if (code === '42703') {
+        throw new TenantError('not_initialized', "control schema pgtenant is older than this pgtenant: run 'pgtenant init'", { cause: err });
       }
       throw err;
     }

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { applyTenantMigrations } from '../../src/migrate/apply.js';
 import { loadMigrations } from '../../src/migrate/loader.js';
 import { CONTROL_SCHEMA_VERSION, installControlSchema } from '../../src/tenants/control-schema.js';
+import { TenantDirectory } from '../../src/tenants/directory.js';
 import { scramVerifier } from '../../src/tenants/scram.js';
 import { TenantService } from '../../src/tenants/service.js';
 import { freshDatabase, uniqueTenantId, type TestDatabase } from '../support/db.js';
@@ -58,6 +59,13 @@ describe('control schema', () => {
       await p.query('UPDATE pgtenant.meta SET schema_version = 3');
       const stale = await new TenantService(p, { isolation: 'role', migrationsDir: null }).get(id).catch((e) => e);
       expect(stale.code).toBe('not_initialized');
+      // A proxy upgraded before the schema says what to do (its clients get 57P03 meanwhile).
+      const directory = new TenantDirectory({ connectionString: old.url, ttlMs: 1000 });
+      try {
+        await expect(directory.lookup(id)).rejects.toMatchObject({ code: 'not_initialized', message: expect.stringContaining("older than this pgtenant: run 'pgtenant init'") });
+      } finally {
+        await directory.close();
+      }
       await install(p);
       expect((await p.query('SELECT schema_version FROM pgtenant.meta')).rows).toEqual([{ schema_version: CONTROL_SCHEMA_VERSION }]);
       const svc = new TenantService(p, { isolation: 'role', migrationsDir: null });
