@@ -34,15 +34,11 @@ export class TenantClients {
     const cap = share(whole, config.workers);
     const n = this.count.get(tenant) ?? 0;
     if (cap > 0 && n >= cap) {
-      return own === null
-        ? tooManyConnections(
-            `too many connections for tenant "${tenant}" (max-tenant-clients is ${whole})`,
-            'Close idle connections of this tenant, or raise --max-tenant-clients.',
-          )
-        : tooManyConnections(
-            `too many connections for tenant "${tenant}" (its own cap is ${whole})`,
-            `Close idle connections of this tenant, or raise its cap (pgtenant tenants set ${tenant} --max-clients N).`,
-          );
+      const [which, raise] =
+        own === null
+          ? [`max-tenant-clients is ${whole}`, '--max-tenant-clients']
+          : [`its own cap is ${whole}`, `its cap (pgtenant tenants set ${tenant} --max-clients N)`];
+      return tooManyConnections(`too many connections for tenant "${tenant}" (${which})`, `Close idle connections of this tenant, or raise ${raise}.`);
     }
     this.count.set(tenant, n + 1);
     return null;

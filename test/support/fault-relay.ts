@@ -62,8 +62,11 @@ class Pipe {
     this.pump();
   }
 
-  /** Writes what is due, unless blackholed or the destination is full; re-arms itself for the next due chunk. */
-  pump(): void {
+  /**
+   * Writes what is due, unless blackholed or the destination is full; re-arms itself for the next due chunk.
+   * `coalesce` sends everything due as one write, so the peer reads it as one chunk, as if it had arrived together.
+   */
+  pump(coalesce = false): void {
     if (this.timer) {
       clearTimeout(this.timer);
       this.timer = null;
@@ -75,8 +78,7 @@ class Pipe {
       return;
     }
     const now = Date.now();
-    // What a hold kept goes out as one write, so the peer reads it as one chunk, as if it had arrived together.
-    if (this.relay.coalesce && this.queue.length > 1 && this.queue.every((q) => q.due <= now)) {
+    if (coalesce && this.queue.length > 1 && this.queue.every((q) => q.due <= now)) {
       const all = Buffer.concat(this.queue.splice(0).map((q) => q.chunk));
       this.queued = 0;
       this.to.write(all);
@@ -124,7 +126,6 @@ export class FaultRelay {
   /** See holdReplies and holdCloses. */
   repliesHeld = false;
   closesHeld = false;
-  coalesce = false;
   private server: net.Server | null = null;
   private readonly links = new Set<Link>();
   private closed = false;
@@ -224,9 +225,7 @@ export class FaultRelay {
 
   releaseReplies(): void {
     this.repliesHeld = false;
-    this.coalesce = true;
-    this.pumpAll();
-    this.coalesce = false;
+    this.pumpAll(true);
   }
 
   /** A server's close is passed on only at `releaseCloses` (its bytes still pass): the proxy sees a server that has gone quiet but not yet closed. */
@@ -239,8 +238,8 @@ export class FaultRelay {
     this.pumpAll();
   }
 
-  private pumpAll(): void {
-    for (const link of this.links) for (const p of link.pipes) p.pump();
+  private pumpAll(coalesce = false): void {
+    for (const link of this.links) for (const p of link.pipes) p.pump(coalesce);
   }
 
   /** Stops listening and destroys every connection. */

@@ -139,7 +139,10 @@ const set = tenantCommand(
       const t = await svc.setPoolSize(id, size);
       said.push(`tenant ${t.id}: pool size ${t.poolSize ?? "default (the proxy's --pool-size)"}`);
     }
-    if (clients !== undefined) said.push(`tenant ${id}: clients ${clientCap(await svc.setMaxClients(id, clients))}`);
+    if (clients !== undefined) {
+      const t = await svc.setMaxClients(id, clients);
+      said.push(`tenant ${t.id}: clients ${clientCap(t)}`);
+    }
     return said.join('\n');
   },
   (y) =>
